@@ -1,0 +1,121 @@
+"""Decode exact source frames by feeding the decoder samples read straight from the file.
+
+The sample index (offsets, sizes, pts) comes from the MP4 tables, so decoding starts at a
+known random-access sample and feeds exactly the samples the plan names: no demuxer seek
+that might land elsewhere, and every decoded frame maps back to its display index by pts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import av
+import numpy as np
+
+from .errors import CorruptMediaError
+from .media import SourceInfo
+from .plan import EncodeRun
+from .sidedata import new_extradata
+
+
+def read_sample(fh: BinaryIO, src: SourceInfo, dec: int) -> bytes:
+    """Bytes of sample ``dec`` (decode order)."""
+    off = int(src.video.offset[dec])
+    size = int(src.video.index.size[dec])
+    fh.seek(off)
+    data = fh.read(size)
+    if len(data) != size:
+        raise CorruptMediaError(
+            f"source file {src.path.name!r} is truncated: sample {dec} is incomplete"
+        )
+    return data
+
+
+def open_decoder(src: SourceInfo, record: bytes | None = None) -> av.VideoCodecContext:
+    ctx = av.CodecContext.create(src.video.format.codec, "r")
+    assert isinstance(ctx, av.VideoCodecContext)
+    record = record or src.video.extradata
+    if record:
+        ctx.extradata = record
+    # Frame threads add latency, slice threads don't reorder: both are safe because frames
+    # are matched back by pts, never by arrival order.
+    ctx.thread_type = "AUTO"
+    ctx.open()
+    return ctx
+
+
+def decode_run(src: SourceInfo, run: EncodeRun) -> Iterator[tuple[int, av.VideoFrame]]:
+    """Yield (position in ``run.src_disp``, frame) for every requested frame, in order.
+
+    A frame requested several times (frame-rate conversion) is yielded once per request.
+    Raises CorruptMediaError when a requested frame never comes out of the decoder.
+    """
+    index = src.video.index
+    wanted = run.src_disp
+    j = 0
+    current = src.video.record_of(run.decode_from)
+    ctx = open_decoder(src, current)
+    try:
+        with src.path.open("rb", buffering=0) as fh:
+            for dec in range(run.decode_from, run.decode_to):
+                packet = av.Packet(read_sample(fh, src, dec))
+                record = src.video.record_of(dec)
+                if record != current:  # the source switches parameter sets here
+                    new_extradata(record).to_packet(packet)
+                    current = record
+                packet.pts = int(index.pts[dec])
+                packet.dts = packet.pts  # order is what matters to the decoder; pts maps back
+                packet.time_base = index.time_base
+                for frame in _decode(ctx, packet, src):
+                    for out in _emit(frame, wanted, j, index.disp_pts, src):
+                        j += 1
+                        yield out
+                if j >= len(wanted):
+                    return
+            for frame in _decode(ctx, None, src):
+                for out in _emit(frame, wanted, j, index.disp_pts, src):
+                    j += 1
+                    yield out
+    finally:
+        _close(ctx)
+    if j < len(wanted):
+        missing = int(wanted[j])
+        raise CorruptMediaError(
+            f"source file {src.path.name!r}: frame {missing} could not be decoded "
+            "(the file is damaged around that point)"
+        )
+
+
+def _close(ctx: av.VideoCodecContext) -> None:
+    """Drain before release: freeing a frame-threaded decoder mid-stream can deadlock."""
+    with contextlib.suppress(av.error.FFmpegError):
+        ctx.decode(None)
+
+
+def _decode(ctx: av.VideoCodecContext, packet: av.Packet[Any] | None,
+            src: SourceInfo) -> list[av.VideoFrame]:
+    try:
+        return ctx.decode(packet)
+    except av.error.FFmpegError as exc:
+        raise CorruptMediaError(
+            f"source file {src.path.name!r} cannot be decoded: {exc}"
+        ) from exc
+
+
+def _emit(frame: av.VideoFrame, wanted: np.ndarray, j: int, disp_pts: np.ndarray,
+          src: SourceInfo) -> Iterator[tuple[int, av.VideoFrame]]:
+    if frame.pts is None:
+        return
+    d = int(np.searchsorted(disp_pts, frame.pts))
+    if d >= len(disp_pts) or int(disp_pts[d]) != frame.pts:
+        return
+    if j < len(wanted) and int(wanted[j]) < d:
+        raise CorruptMediaError(
+            f"source file {src.path.name!r}: frame {int(wanted[j])} could not be decoded "
+            "(the file is damaged around that point)"
+        )
+    while j < len(wanted) and int(wanted[j]) == d:
+        yield j, frame
+        j += 1

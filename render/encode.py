@@ -1,0 +1,266 @@
+"""Re-encode pieces: fresh encoder per piece, first frame an IDR, closed GOP.
+
+In copy mode a piece sits between copied camera GOPs, so its encoder is matched to the
+source: codec, profile, bit depth and chroma, size, sample aspect, colour description,
+and no more B-frame reordering than the source (see ../shared/notes/smart-cut.md). Quality
+defaults to a low CRF: a re-encoded head or tail should not be visibly softer than the copied
+frames beside it. In transcode mode every piece is a GOP-aligned chunk encoded with one set
+of settings, so chunks join without a seam.
+
+Packets leave here as the encoder made them (Annex-B for H.264/HEVC) with the encoder's
+Annex-B parameter sets as the piece's record: the mov muxer converts packets according to the
+record in force, so Annex-B pieces and length-prefixed camera samples share one track as long
+as each piece's first packet announces its own record (see mux.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+
+from .decode import decode_run
+from .errors import OutputError
+from .media import SourceInfo, VideoFormat
+from .piecefile import PieceHeader, PieceWriter
+from .plan import ENCODER_MAX_BFRAMES, EncodePiece, Plan
+
+ENCODERS = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9"}
+_PROFILES = {
+    ("h264", "yuv420p"): "high",
+    ("h264", "yuv420p10le"): "high10",
+    ("h264", "yuv422p"): "high422",
+    ("h264", "yuv422p10le"): "high422",
+    ("hevc", "yuv420p"): "main",
+    ("hevc", "yuv420p10le"): "main10",
+}
+# x265 names the 4:2:2 profiles differently from FFmpeg; leave those to x265's choice.
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    codec: str  # "h264" | "hevc" | "vp9"
+    width: int
+    height: int
+    pix_fmt: str
+    bframes: int
+    crf: int
+    preset: str
+    gop: int | None = None  # None: a single IDR at the start of the piece
+    sample_aspect_ratio: Fraction | None = None
+    color_primaries: int = 2  # 2 = unspecified
+    color_trc: int = 2
+    colorspace: int = 2
+    color_range: int = 0
+    threads: int = 0
+
+    @property
+    def encoder(self) -> str:
+        return ENCODERS[self.codec]
+
+    @property
+    def format(self) -> VideoFormat:
+        return VideoFormat(self.codec, self.width, self.height, self.pix_fmt)
+
+
+def matched_settings(src: SourceInfo, *, crf: int | None = None, preset: str = "fast") -> (
+        EncoderSettings):
+    """Settings whose output can sit between copied GOPs of ``src``."""
+    v = src.video
+    codec = v.format.codec
+    if codec not in ("h264", "hevc"):
+        raise OutputError(f"cannot re-encode to match {codec} sources")
+    return EncoderSettings(
+        codec=codec,
+        width=v.format.width,
+        height=v.format.height,
+        pix_fmt=v.format.pix_fmt,
+        bframes=min(ENCODER_MAX_BFRAMES, v.index.reorder_depth),
+        crf=crf if crf is not None else (16 if codec == "h264" else 18),
+        preset=preset,
+        sample_aspect_ratio=v.sample_aspect_ratio,
+        color_primaries=v.color_primaries,
+        color_trc=v.color_trc,
+        colorspace=v.colorspace,
+        color_range=v.color_range,
+    )
+
+
+def transcode_settings(codec: str, fmt: VideoFormat, fps: Fraction, *,
+                       crf: int | None = None, preset: str = "fast") -> EncoderSettings:
+    """Settings for a fully re-encoded output (2-second closed GOPs)."""
+    default_crf = {"h264": 20, "hevc": 23, "vp9": 32}[codec]
+    pix_fmt = fmt.pix_fmt if fmt.pix_fmt in ("yuv420p", "yuv420p10le") else "yuv420p"
+    return EncoderSettings(
+        codec=codec, width=fmt.width, height=fmt.height, pix_fmt=pix_fmt,
+        bframes=ENCODER_MAX_BFRAMES, crf=crf if crf is not None else default_crf,
+        preset=preset, gop=max(1, round(fps * 2)),
+    )
+
+
+def open_encoder(s: EncoderSettings, time_base: Fraction, frames: int) -> av.VideoCodecContext:
+    ctx = av.CodecContext.create(s.encoder, "w")
+    assert isinstance(ctx, av.VideoCodecContext)
+    ctx.width = s.width
+    ctx.height = s.height
+    ctx.pix_fmt = s.pix_fmt
+    ctx.time_base = time_base
+    ctx.flags |= av.codec.context.Flags.global_header  # parameter sets in extradata
+    ctx.color_primaries = s.color_primaries
+    ctx.color_trc = s.color_trc
+    ctx.colorspace = s.colorspace
+    ctx.color_range = s.color_range
+    if s.sample_aspect_ratio:
+        ctx.sample_aspect_ratio = s.sample_aspect_ratio
+    keyint = s.gop or max(frames, 1)
+    bframes = s.bframes if frames > 2 else 0
+    ctx.thread_count = s.threads
+    opts: dict[str, str] = {}
+    if s.codec == "h264":
+        profile = _PROFILES.get((s.codec, s.pix_fmt))
+        if profile:
+            opts["profile"] = profile
+        opts.update(crf=str(s.crf), preset=s.preset)
+        opts["x264-params"] = (
+            f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes={bframes}:"
+            "open-gop=0:b-pyramid=none:aud=0:repeat-headers=0"
+        )
+    elif s.codec == "hevc":
+        profile = _PROFILES.get((s.codec, s.pix_fmt))
+        if profile:
+            opts["profile"] = profile
+        opts.update(crf=str(s.crf), preset=s.preset)
+        opts["x265-params"] = (
+            f"keyint={keyint}:min-keyint={keyint}:no-scenecut=1:bframes={bframes}:"
+            "no-open-gop=1:b-pyramid=0:repeat-headers=0:aud=0:info=0:log-level=error"
+        )
+    else:  # vp9
+        ctx.gop_size = keyint
+        opts.update({"crf": str(s.crf), "b": "0", "deadline": "good", "cpu-used": "4",
+                     "row-mt": "1", "auto-alt-ref": "1", "lag-in-frames": "16"})
+    ctx.options = opts
+    try:
+        ctx.open()
+    except av.error.FFmpegError as exc:
+        raise OutputError(f"cannot start the {s.encoder} encoder: {exc}") from exc
+    return ctx
+
+
+def piece_header(s: EncoderSettings, time_base: Fraction) -> PieceHeader:
+    return PieceHeader(s.codec, b"", time_base, s.width, s.height)
+
+
+def encode_piece(
+    piece: EncodePiece,
+    plan: Plan,
+    sources: Mapping[int, SourceInfo],
+    settings: EncoderSettings,
+    out_path: Path,
+    *,
+    on_frame: Callable[[], None] | None = None,
+    check_cancel: Callable[[], None] | None = None,
+) -> Path:
+    """Decode the piece's source frames, encode them, write a piece file at ``out_path``."""
+    tb = plan.out_time_base
+    ctx = open_encoder(settings, tb, piece.frames)
+    sink = _PacketSink(settings, out_path, tb)
+    try:
+        out_disp = piece.out_first
+        for run in piece.runs:
+            src = sources[run.source]
+            fit = _Fitter(src.video.format, settings)
+            for _, frame in decode_run(src, run):
+                if check_cancel is not None:
+                    check_cancel()
+                pts = int(plan.out_pts[out_disp])
+                img = fit(frame)
+                img.pts = pts
+                img.time_base = tb
+                img.pict_type = av.video.frame.PictureType.NONE
+                sink.write(ctx, ctx.encode(img), plan)
+                out_disp += 1
+                if on_frame is not None:
+                    on_frame()
+        sink.write(ctx, ctx.encode(None), plan)
+        if out_disp != piece.out_stop or sink.count != piece.frames:
+            raise OutputError(
+                f"re-encoding produced {sink.count} frames where {piece.frames} were planned"
+            )
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    return out_path
+
+
+class _PacketSink:
+    """Turns encoder packets into MP4 sample form and writes them to the piece file."""
+
+    def __init__(self, settings: EncoderSettings, path: Path, tb: Fraction) -> None:
+        self.settings = settings
+        self.writer = PieceWriter(path, piece_header(settings, tb))
+        self.count = 0
+        self._ready = False
+
+    def write(self, ctx: av.VideoCodecContext, packets: list[av.Packet[Any]], plan: Plan) -> None:
+        for p in packets:
+            if not self._ready:
+                self.writer.set_extradata(bytes(ctx.extradata or b""))
+                self._ready = True
+            data = bytes(p)
+            assert p.pts is not None and p.dts is not None
+            self.writer.write(p.pts, p.dts, int(p.duration or 0), p.is_keyframe, data)
+            self.count += 1
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+class _Fitter:
+    """Scale (keeping the picture's shape) and pad into the output frame when sizes differ."""
+
+    def __init__(self, src: VideoFormat, s: EncoderSettings) -> None:
+        self.same = (src.width, src.height, src.pix_fmt) == (s.width, s.height, s.pix_fmt)
+        self.s = s
+        self.graph: av.filter.Graph | None = None
+        self.src = src
+
+    def __call__(self, frame: av.VideoFrame) -> av.VideoFrame:
+        if self.same:
+            return frame
+        if self.graph is None:
+            self.graph = self._build(frame)
+        self.graph.push(frame)
+        out = self.graph.pull()
+        assert isinstance(out, av.VideoFrame)
+        return out
+
+    def _build(self, frame: av.VideoFrame) -> av.filter.Graph:
+        s = self.s
+        g = av.filter.Graph()
+        buf = g.add_buffer(width=frame.width, height=frame.height, format=frame.format,
+                           time_base=Fraction(1, 1000))
+        scale = g.add("scale", f"w={s.width}:h={s.height}:force_original_aspect_ratio=decrease"
+                               ":force_divisible_by=2:flags=bicubic")
+        pad = g.add("pad", f"w={s.width}:h={s.height}:x=(ow-iw)/2:y=(oh-ih)/2:color=black")
+        fmt = g.add("format", f"pix_fmts={s.pix_fmt}")
+        sar = g.add("setsar", "1")
+        sink = g.add("buffersink")
+        buf.link_to(scale)
+        scale.link_to(pad)
+        pad.link_to(fmt)
+        fmt.link_to(sar)
+        sar.link_to(sink)
+        g.configure()
+        return g
+
+
+def with_threads(s: EncoderSettings, threads: int) -> EncoderSettings:
+    return replace(s, threads=threads)

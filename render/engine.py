@@ -1,0 +1,334 @@
+"""One export, in process: probe, plan, re-encode pieces, audio, assemble.
+
+This is the engine's whole pipeline on one machine. The cluster runs the same steps
+(``prepare``, ``encode_piece``, ``render_audio``, ``assemble``) as separate tasks; this
+module strings them together with a small thread pool, honest progress and cancellation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+from .audio import AudioTarget, choose_target, render_audio
+from .config import ExportConfig
+from .encode import EncoderSettings, encode_piece, matched_settings, transcode_settings
+from .errors import CancelledError, ConfigError, RenderError
+from .media import SourceInfo, VideoFormat
+from .mux import assemble
+from .paths import resolve_source
+from .plan import EncodePiece, Plan, PlannedSource, build_plan, output_rate
+from .probe import probe
+
+#: Rough costs that turn bytes and frames into one progress scale (seconds of work):
+#: copying runs near disk speed; encoding costs per pixel. Only the ratio matters.
+COPY_BYTES_PER_SECOND = 200e6
+ENCODE_PIXELS_PER_SECOND = 40e6
+AUDIO_SAMPLES_PER_SECOND = 5e6
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A planned export: what every worker needs, all plain data."""
+
+    config: ExportConfig
+    sources: dict[int, SourceInfo]
+    plan: Plan
+    settings: dict[int, EncoderSettings]  # per piece index (encode pieces only)
+    audio: AudioTarget | None
+    container_format: str
+
+
+@dataclass
+class Progress:
+    """Work done against the planned totals; ``fraction`` weighs them by expected cost."""
+
+    bytes_total: int
+    frames_total: int
+    samples_total: int
+    pixels_per_frame: int
+    bytes_done: int = 0
+    frames_done: int = 0
+    samples_done: int = 0
+    stage: str = "planning"
+    message: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    def _cost(self, b: int, f: int, s: int) -> float:
+        return (b / COPY_BYTES_PER_SECOND + f * self.pixels_per_frame / ENCODE_PIXELS_PER_SECOND
+                + s / AUDIO_SAMPLES_PER_SECOND)
+
+    @property
+    def fraction(self) -> float:
+        total = self._cost(self.bytes_total, self.frames_total, self.samples_total)
+        if total <= 0:
+            return 0.0
+        done = self._cost(self.bytes_done, self.frames_done, self.samples_done)
+        return max(0.0, min(1.0, done / total))
+
+    @property
+    def eta_seconds(self) -> float | None:
+        f = self.fraction
+        elapsed = time.monotonic() - self.started
+        if f <= 0.02 or elapsed < 0.5:
+            return None
+        return elapsed * (1 - f) / f
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class _Tracker:
+    """Thread-safe counters; calls back at most every ``interval`` seconds."""
+
+    def __init__(self, progress: Progress, callback: ProgressCallback | None,
+                 interval: float = 0.25) -> None:
+        self.p = progress
+        self.cb = callback
+        self.lock = threading.Lock()
+        self.interval = interval
+        self.last = 0.0
+
+    def add(self, *, bytes_: int = 0, frames: int = 0, samples: int = 0) -> None:
+        with self.lock:
+            self.p.bytes_done += bytes_
+            self.p.frames_done += frames
+            self.p.samples_done += samples
+        self._maybe_emit()
+
+    def stage(self, stage: str, message: str) -> None:
+        with self.lock:
+            self.p.stage, self.p.message = stage, message
+        self._maybe_emit(force=True)
+
+    def _maybe_emit(self, force: bool = False) -> None:
+        if self.cb is None:
+            return
+        now = time.monotonic()
+        if force or now - self.last >= self.interval:
+            self.last = now
+            self.cb(self.p)
+
+
+def probe_sources(config: ExportConfig, media_roots: Sequence[Path]) -> dict[int, SourceInfo]:
+    """Probe every source a segment uses (others are never opened)."""
+    used = sorted({s.source_index for s in config.segments})
+    out: dict[int, SourceInfo] = {}
+    for i in used:
+        fld = f"sources[{i}].filePath"
+        path = resolve_source(config.sources[i].file_path, media_roots, field=fld)
+        try:
+            out[i] = probe(path)
+        except RenderError as exc:
+            exc.field = exc.field or fld
+            raise
+    return out
+
+
+def prepare(config: ExportConfig, media_roots: Sequence[Path], *,
+            max_piece_frames: int | None = None, preset: str = "fast") -> Prepared:
+    sources = probe_sources(config, media_roots)
+    return prepare_with(config, sources, max_piece_frames=max_piece_frames, preset=preset)
+
+
+def prepare_with(config: ExportConfig, sources: dict[int, SourceInfo], *,
+                 max_piece_frames: int | None = None, preset: str = "fast") -> Prepared:
+    planned = [
+        PlannedSource(s.video.index, s.video.format, s.audio is not None) if s is not None
+        else None
+        for s in (sources.get(i) for i in range(len(config.sources)))
+    ]
+    out = config.output
+    container_format = "webm" if out.format == "webm" else "mp4"
+    transcode_fmt: VideoFormat | None = None
+    codec = "vp9" if out.format == "webm" else {"h264": "h264", "h265": "hevc"}.get(
+        out.codec, "copy")
+    first = sources[config.segments[0].source_index]
+    if out.reencodes:
+        width = out.width or first.video.format.width
+        height = out.height or first.video.format.height
+        width, height = width - width % 2, height - height % 2
+        if width < 16 or height < 16:
+            raise ConfigError("output.width and output.height must be at least 16",
+                              field="output.width")
+        transcode_fmt = VideoFormat(codec, width, height, _out_pix_fmt(codec, first))
+    kwargs = {"max_piece_frames": max_piece_frames} if max_piece_frames else {}
+    plan = build_plan(config, planned, transcode_format=transcode_fmt,  # type: ignore[arg-type]
+                      **kwargs)
+    settings: dict[int, EncoderSettings] = {}
+    if plan.transcode:
+        assert transcode_fmt is not None
+        ts = transcode_settings(codec, transcode_fmt, output_rate(config, planned),  # type: ignore[arg-type]
+                                preset=preset)
+        settings = {i: ts for i, p in enumerate(plan.pieces) if isinstance(p, EncodePiece)}
+    else:
+        matched = matched_settings(first, preset=preset)
+        for i, p in enumerate(plan.pieces):
+            if isinstance(p, EncodePiece):
+                src = sources[p.runs[0].source]
+                settings[i] = (matched_settings(src, preset=preset)
+                               if src.video.format == plan.out_format else matched)
+    audio = choose_target(container_format, list(sources.values())) if plan.audio else None
+    return Prepared(config, sources, plan, settings, audio, container_format)
+
+
+def _out_pix_fmt(codec: str, first: SourceInfo) -> str:
+    if codec == "vp9":
+        return "yuv420p"
+    return "yuv420p10le" if "10" in first.video.format.pix_fmt else "yuv420p"
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    path: Path
+    plan: Plan
+    seconds: float
+    bytes: int
+
+
+def render(
+    config: ExportConfig,
+    media_roots: Sequence[Path],
+    out_path: Path,
+    *,
+    on_progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    work_dir: Path | None = None,
+    workers: int = 2,
+    preset: str = "fast",
+) -> RenderResult:
+    """Run one export to ``out_path``. Nothing is left at ``out_path`` unless it succeeded."""
+    t0 = time.monotonic()
+    prep = prepare(config, media_roots, preset=preset)
+    execute(prep, out_path, on_progress=on_progress, cancel=cancel, work_dir=work_dir,
+            workers=workers)
+    return RenderResult(out_path, prep.plan, time.monotonic() - t0, out_path.stat().st_size)
+
+
+def new_progress(prep: Prepared) -> Progress:
+    plan = prep.plan
+    fmt = plan.out_format
+    samples = 0
+    if prep.audio is not None:
+        samples = int(plan.duration * prep.audio.sample_rate)
+    return Progress(plan.copy_bytes, plan.encode_frames, samples, fmt.width * fmt.height)
+
+
+def execute(
+    prep: Prepared,
+    out_path: Path,
+    *,
+    on_progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    work_dir: Path | None = None,
+    workers: int = 2,
+) -> None:
+    plan = prep.plan
+    tracker = _Tracker(new_progress(prep), on_progress)
+
+    def check_cancel() -> None:
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("the export was cancelled")
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".cutfarm-", dir=work_dir or out_path.parent))
+    try:
+        encoded = _encode_all(prep, tmp, tracker, check_cancel, workers)
+        audio = None
+        if prep.audio is not None:
+            tracker.stage("audio", "Mixing audio")
+            apath = render_audio(plan.audio, prep.sources, prep.audio, tmp / "audio.piece",
+                                 on_samples=lambda n: tracker.add(samples=n),
+                                 check_cancel=check_cancel)
+            audio = (apath, prep.audio)
+        check_cancel()
+        tracker.stage("assembling", "Writing the output file")
+        assemble(plan, prep.sources, encoded, audio, out_path,
+                 container_format=prep.container_format,
+                 on_bytes=lambda n: tracker.add(bytes_=n), check_cancel=check_cancel)
+        tracker.stage("done", "Export complete")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _encode_all(prep: Prepared, tmp: Path, tracker: _Tracker, check_cancel: Callable[[], None],
+                workers: int) -> dict[int, Path]:
+    plan = prep.plan
+    jobs = [(i, p) for i, p in enumerate(plan.pieces) if isinstance(p, EncodePiece)]
+    if not jobs:
+        return {}
+    workers = max(1, min(workers, len(jobs)))
+    threads = max(1, (os.cpu_count() or 2) // workers)
+    done: dict[int, Path] = {}
+    total = len(jobs)
+    stop = threading.Event()
+
+    def check() -> None:
+        if stop.is_set():
+            raise CancelledError("the export was cancelled")
+        check_cancel()
+
+    def one(i: int, piece: EncodePiece) -> Path:
+        s = prep.settings[i]
+        s = EncoderSettings(**{**s.__dict__, "threads": threads})
+        return encode_piece(piece, plan, prep.sources, s, tmp / f"piece-{i:05d}.piece",
+                            on_frame=lambda: tracker.add(frames=1), check_cancel=check)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cutfarm-encode") as pool:
+        futures: list[tuple[int, Future[Path]]] = [(i, pool.submit(one, i, p)) for i, p in jobs]
+        try:
+            for n, (i, fut) in enumerate(futures, 1):
+                done[i] = fut.result()
+                what = "cut" if not plan.transcode else "chunk"
+                tracker.stage("encoding", f"Re-encoding {what} {n} of {total}")
+        except BaseException:
+            stop.set()
+            raise
+    return done
+
+
+def describe_plan(prep: Prepared) -> list[str]:
+    """Human-readable lines: per segment the exact frames, what is copied, what re-encoded."""
+    plan = prep.plan
+    lines: list[str] = []
+    by_seg: dict[int, list[str]] = {}
+    for piece in plan.pieces:
+        if isinstance(piece, EncodePiece):
+            text = (f"re-encode {piece.frames} frames ({piece.reason}) -> output frames "
+                    f"{piece.out_first}..{piece.out_stop - 1}")
+        else:
+            n = len(piece.samples(prep.sources[piece.source].video.index))
+            text = f"copy {n} frames ({piece.bytes / 1e6:.1f} MB) from sample {piece.dec_start}"
+        by_seg.setdefault(piece.segment, []).append(text)
+    for cut in plan.cuts:
+        src = prep.sources[cut.source]
+        tb = src.video.index.time_base
+        lines.append(
+            f"segment {cut.segment}: source {cut.source} ({src.path.name}) frames "
+            f"{cut.first}..{cut.stop - 1} ({cut.frames} frames, {float(cut.src_start):.3f}s "
+            f"+ {float(cut.duration):.3f}s, output at {float(cut.out_start):.3f}s; "
+            f"time base {tb})"
+        )
+        lines.extend(f"    {t}" for t in by_seg.get(cut.segment, []))
+    if plan.transcode:
+        lines.extend(f"    {t}" for t in by_seg.get(plan.cuts[0].segment, [])[:0])
+    for seg in plan.dropped_segments:
+        lines.append(f"segment {seg}: dropped (shorter than the keyframe spacing)")
+    lines.append(
+        f"total: {plan.frame_count} frames, {float(plan.duration):.3f}s; copy "
+        f"{plan.copy_bytes / 1e6:.1f} MB, re-encode {plan.encode_frames} frames; reorder "
+        f"delay {plan.reorder_delay}; timescale {plan.out_time_base.denominator}"
+    )
+    return lines
+
+
+def frame_seconds(plan: Plan, out_disp: int) -> Fraction:
+    return int(plan.out_pts[out_disp]) * plan.out_time_base

@@ -1,0 +1,188 @@
+"""What the engine knows about a source file, as plain data.
+
+``FrameIndex`` is the part the planner needs: every video sample's timing in decode order
+and which samples are real random-access points. It is built by ``probe`` from the file's
+sample tables, and by tests from a few lines of numpy, so planning needs no media at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class VideoFormat:
+    """The properties two streams must share for their samples to live in one track."""
+
+    codec: str  # FFmpeg codec name: "h264", "hevc", ...
+    width: int
+    height: int
+    pix_fmt: str  # e.g. "yuv420p", "yuv420p10le"
+
+    def describe(self) -> str:
+        return f"{self.codec} {self.width}x{self.height} {self.pix_fmt}"
+
+
+@dataclass(frozen=True, eq=False)
+class FrameIndex:
+    """Video samples of one source in decode order; times in ``time_base`` ticks.
+
+    ``rap`` marks samples a copy may start at: an IDR for H.264, an IRAP for HEVC (whose
+    leading pictures are then re-encoded, never copied). The container's sync flag alone is
+    not trusted for this.
+    """
+
+    time_base: Fraction
+    pts: IntArray
+    duration: IntArray
+    rap: BoolArray
+    size: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def __post_init__(self) -> None:
+        n = len(self.pts)
+        if len(self.duration) != n or len(self.rap) != n:
+            raise ValueError("FrameIndex arrays differ in length")
+        if self.size.size == 0:
+            object.__setattr__(self, "size", np.zeros(n, dtype=np.int64))
+
+    @property
+    def count(self) -> int:
+        return len(self.pts)
+
+    @cached_property
+    def dec_of_disp(self) -> IntArray:
+        """Decode index of each frame in display order."""
+        return np.argsort(self.pts, kind="stable").astype(np.int64)
+
+    @cached_property
+    def disp_of_dec(self) -> IntArray:
+        """Display index of each sample in decode order."""
+        inv = np.empty(self.count, dtype=np.int64)
+        inv[self.dec_of_disp] = np.arange(self.count, dtype=np.int64)
+        return inv
+
+    @cached_property
+    def disp_pts(self) -> IntArray:
+        """Presentation times in display order."""
+        return self.pts[self.dec_of_disp]
+
+    @cached_property
+    def disp_end(self) -> IntArray:
+        """End of each displayed frame: the next frame's pts; the last uses its duration."""
+        ends = np.empty(self.count, dtype=np.int64)
+        if self.count:
+            ends[:-1] = self.disp_pts[1:]
+            last_dur = int(self.duration[self.dec_of_disp[-1]])
+            if last_dur <= 0:
+                last_dur = int(np.median(np.diff(self.disp_pts))) if self.count > 1 else 1
+            ends[-1] = self.disp_pts[-1] + last_dur
+        return ends
+
+    @cached_property
+    def rap_dec(self) -> IntArray:
+        """Decode indices of the random-access points, ascending."""
+        return np.flatnonzero(self.rap).astype(np.int64)
+
+    @cached_property
+    def reorder_depth(self) -> int:
+        """max(decode index - display index): how many frames the decoder holds back."""
+        if self.count == 0:
+            return 0
+        return max(0, int(np.max(np.arange(self.count) - self.disp_of_dec)))
+
+    @cached_property
+    def is_cfr(self) -> bool:
+        if self.count < 3:
+            return True
+        steps = np.diff(self.disp_pts)
+        return bool(np.all(steps == steps[0]))
+
+    @cached_property
+    def frame_rate(self) -> Fraction:
+        """Exact rate for constant-rate sources, the mean rate otherwise."""
+        if self.count < 2:
+            dur = int(self.duration[0]) if self.count and self.duration[0] > 0 else 1
+            return 1 / (dur * self.time_base)
+        span = int(self.disp_end[-1] - self.disp_pts[0])
+        return Fraction(self.count) / (span * self.time_base)
+
+    def seconds(self, ticks: int) -> Fraction:
+        return ticks * self.time_base
+
+    def leading_of(self, rap_dec: int) -> IntArray:
+        """Decode indices of the leading pictures of the RAP at ``rap_dec``.
+
+        Leading pictures follow the RAP in decode order but display before it; after a
+        splice they would reference frames that are not there.
+        """
+        nxt = self.rap_dec[self.rap_dec > rap_dec]
+        stop = int(nxt[0]) if nxt.size else self.count
+        after = np.arange(rap_dec + 1, stop, dtype=np.int64)
+        leading: IntArray = after[self.pts[after] < self.pts[rap_dec]]
+        return leading
+
+
+@dataclass(frozen=True, eq=False)
+class VideoTrackInfo:
+    """Everything about a source's video stream the writers need."""
+
+    index: FrameIndex
+    format: VideoFormat
+    offset: IntArray  # file offset per sample (decode order)
+    extradata: bytes
+    nal_length_size: int
+    profile: str | None
+    bit_rate: int
+    sample_aspect_ratio: Fraction | None
+    color_primaries: int
+    color_trc: int
+    colorspace: int
+    color_range: int
+    stream_index: int
+    #: Parameter-set record (avcC/hvcC) per sample description, and each sample's
+    #: description (decode order). One entry for camera files; several for a file that
+    #: was itself spliced (e.g. an earlier cutfarm export).
+    records: tuple[bytes, ...] = ()
+    stsd: IntArray | None = None
+
+    def record_of(self, dec: int) -> bytes:
+        if self.stsd is None or not self.records:
+            return self.extradata
+        return self.records[int(self.stsd[dec])] or self.extradata
+
+
+@dataclass(frozen=True)
+class AudioTrackInfo:
+    codec: str
+    sample_rate: int
+    channels: int
+    layout: str
+    start: Fraction  # stream start, seconds, on the normalized clock (first video frame = 0)
+    clock_origin: Fraction  # container time of the first video frame: subtract to normalize
+    stream_index: int
+    bit_rate: int
+
+
+@dataclass(frozen=True, eq=False)
+class SourceInfo:
+    path: Path
+    size: int
+    container: str
+    video: VideoTrackInfo
+    audio: AudioTrackInfo | None
+
+    @property
+    def duration(self) -> Fraction:
+        idx = self.video.index
+        if idx.count == 0:
+            return Fraction(0)
+        return idx.seconds(int(idx.disp_end[-1]))

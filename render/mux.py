@@ -1,0 +1,354 @@
+"""Assemble the output: pieces in order, one video and one audio track, moved into place.
+
+Video samples keep their bytes (copied or re-encoded) and get new timestamps: pts from the
+plan's output grid, dts from the same grid shifted by one global reorder delay, so DTS are
+uniform and never bumped to dodge a collision (the stutter seen in other smart cutters).
+
+Every piece's first packet carries its own avcC/hvcC record as ``new_extradata`` side data:
+FFmpeg 8's mov muxer then writes one ``avc1``/``hvc1`` sample entry per distinct record and
+points each chunk at the right one, so camera GOPs with different parameter sets and our
+re-encoded frames share one track without in-band parameter sets (which ``hvc1`` forbids).
+Verified: FFmpeg decodes such tracks bit-exactly with zero warnings; the side data must also
+mark every return to an earlier record.
+
+The index goes at the front in one pass (``moov_size`` reserves room); if the reservation
+proves too small the muxer says so at close and the file is written again with faststart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import numpy as np
+
+from .audio import AudioTarget
+from .decode import read_sample
+from .errors import OutputError
+from .media import SourceInfo
+from .piecefile import read_header, read_packets
+from .plan import CopyPiece, EncodePiece, Plan
+from .sidedata import new_extradata
+
+#: Bytes of moov per sample and per sample entry, with margin over what FFmpeg writes
+#: (about 12 per H.264 sample, 90 per entry plus its record).
+MOOV_PER_SAMPLE = 48
+MOOV_BASE = 16384
+_TAGS = {"h264": "avc1", "hevc": "hvc1"}
+
+
+@dataclass(frozen=True)
+class VideoPacket:
+    data: bytes
+    out_disp: int
+    is_keyframe: bool
+    record: bytes | None  # attach as new_extradata (first packet of a piece)
+
+
+def estimate_moov(plan: Plan, audio_packets: int, records: int, record_bytes: int) -> int:
+    samples = plan.frame_count + audio_packets
+    return MOOV_BASE + MOOV_PER_SAMPLE * samples + records * 256 + record_bytes
+
+
+def video_packets(
+    plan: Plan,
+    sources: Mapping[int, SourceInfo],
+    encoded: Mapping[int, Path],
+    *,
+    on_bytes: Callable[[int], None] | None = None,
+    check_cancel: Callable[[], None] | None = None,
+) -> Iterator[VideoPacket]:
+    """Every output video sample in decode order."""
+    handles: dict[int, BinaryIO] = {}
+    try:
+        for i, piece in enumerate(plan.pieces):
+            if check_cancel is not None:
+                check_cancel()
+            if isinstance(piece, CopyPiece):
+                src = sources[piece.source]
+                fh = handles.get(piece.source)
+                if fh is None:
+                    fh = handles[piece.source] = src.path.open("rb")
+                index = src.video.index
+                current: bytes | None = None
+                for n, dec in enumerate(piece.samples(index)):
+                    d = int(dec)
+                    data = read_sample(fh, src, d)
+                    if on_bytes is not None:
+                        on_bytes(len(data))
+                    # Announce the record at the piece start and wherever the source itself
+                    # switches sample description.
+                    record = src.video.record_of(d)
+                    yield VideoPacket(data, int(index.disp_of_dec[d]) + piece.disp_base,
+                                      bool(index.rap[d]), record if record != current else None)
+                    current = record
+                    if check_cancel is not None and n % 256 == 255:
+                        check_cancel()
+            else:
+                yield from _encoded_packets(plan, piece, encoded[i])
+    finally:
+        for fh in handles.values():
+            fh.close()
+
+
+def _encoded_packets(plan: Plan, piece: EncodePiece, path: Path) -> Iterator[VideoPacket]:
+    header = read_header(path)
+    if header.time_base != plan.out_time_base:
+        raise OutputError(f"piece {path.name} has time base {header.time_base}, "
+                          f"expected {plan.out_time_base}")
+    lo, hi = piece.out_first, piece.out_stop
+    grid = plan.out_pts[lo:hi]
+    record: bytes | None = header.extradata or None
+    count = 0
+    for p in read_packets(path):
+        k = int(np.searchsorted(grid, p.pts))
+        if k >= len(grid) or int(grid[k]) != p.pts:
+            raise OutputError(f"piece {path.name} holds a frame at {p.pts} that is not planned")
+        yield VideoPacket(p.data, lo + k, p.is_keyframe, record)
+        record = None
+        count += 1
+    if count != hi - lo:
+        raise OutputError(f"piece {path.name} holds {count} frames, {hi - lo} were planned")
+
+
+def assemble(
+    plan: Plan,
+    sources: Mapping[int, SourceInfo],
+    encoded: Mapping[int, Path],
+    audio: tuple[Path, AudioTarget] | None,
+    out_path: Path,
+    *,
+    container_format: str = "mp4",
+    on_bytes: Callable[[int], None] | None = None,
+    check_cancel: Callable[[], None] | None = None,
+) -> None:
+    """Write the output at ``out_path`` atomically (``.partial`` then rename)."""
+    tmp = out_path.with_name(f".{out_path.name}.partial")
+    try:
+        try:
+            _write(plan, sources, encoded, audio, tmp, container_format, on_bytes, check_cancel,
+                   reserve=True)
+        except _ReservationTooSmall:
+            _write(plan, sources, encoded, audio, tmp, container_format, None, check_cancel,
+                   reserve=False)
+        tmp.replace(out_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class _ReservationTooSmall(Exception):
+    pass
+
+
+def _write(
+    plan: Plan,
+    sources: Mapping[int, SourceInfo],
+    encoded: Mapping[int, Path],
+    audio: tuple[Path, AudioTarget] | None,
+    path: Path,
+    container_format: str,
+    on_bytes: Callable[[int], None] | None,
+    check_cancel: Callable[[], None] | None,
+    *,
+    reserve: bool,
+) -> None:
+    options = _options(plan, sources, encoded, audio, container_format, reserve)
+    try:
+        out = av.open(str(path), "w", format=container_format, options=options)
+    except (OSError, av.error.FFmpegError) as exc:
+        raise OutputError(f"cannot create the output file: {exc}") from exc
+    templates: list[av.container.InputContainer] = []
+    try:
+        vstream = _video_stream(out, plan, sources, encoded, templates, container_format)
+        audio_out = _AudioOut(out, audio) if audio else None
+        tb = plan.out_time_base
+        packets = video_packets(plan, sources, encoded, on_bytes=on_bytes,
+                                check_cancel=check_cancel)
+        for i, vp in enumerate(packets):
+            pts = int(plan.out_pts[vp.out_disp])
+            dts = _dts(plan, i)
+            if dts > pts:
+                raise OutputError(f"internal error: frame {vp.out_disp} decodes after it shows")
+            if audio_out is not None:
+                audio_out.write_until(dts * tb)  # interleave: audio that plays before this
+            packet = av.Packet(vp.data)
+            packet.stream = vstream
+            packet.time_base = tb
+            packet.pts = pts
+            packet.dts = dts
+            packet.duration = plan.frame_duration(vp.out_disp)
+            packet.is_keyframe = vp.is_keyframe
+            if vp.record is not None and container_format == "mp4":
+                new_extradata(vp.record).to_packet(packet)
+            out.mux(packet)
+        if audio_out is not None:
+            audio_out.write_until(None)
+    except BaseException:
+        _close_quietly(out)
+        raise
+    finally:
+        for t in templates:
+            t.close()
+    try:
+        out.close()
+    except av.error.FFmpegError as exc:
+        # FFmpeg reports a too-small reservation only in its log ("reserved_moov_size is too
+        # small") and as EINVAL from close, after the index has overwritten media data:
+        # the file is garbage either way, so write it again without reserving.
+        if reserve:
+            raise _ReservationTooSmall() from exc
+        raise OutputError(f"finishing the output file failed: {exc}") from exc
+
+
+def _options(plan: Plan, sources: Mapping[int, SourceInfo], encoded: Mapping[int, Path],
+             audio: tuple[Path, AudioTarget] | None, container_format: str,
+             reserve: bool) -> dict[str, str]:
+    if container_format != "mp4":
+        return {}
+    timescale = str(plan.out_time_base.denominator)
+    # movie_timescale = the track's: the edit list that hides the reorder delay is exact.
+    options = {"movie_timescale": timescale, "video_track_timescale": timescale}
+    if not reserve:
+        options["movflags"] = "+faststart"
+        return options
+    # ~1 packet per 1024 samples (AAC) or 960 (Opus): estimate, with margin, from duration.
+    audio_count = int(plan.duration * audio[1].sample_rate / 900) + 16 if audio else 0
+    records = _records(plan, sources, encoded)
+    size = estimate_moov(plan, audio_count, len(records), sum(map(len, records)))
+    options["moov_size"] = str(size)
+    return options
+
+
+class _AudioOut:
+    """Feeds the audio piece's packets into the output in step with the video."""
+
+    def __init__(self, out: av.container.OutputContainer,
+                 audio: tuple[Path, AudioTarget]) -> None:
+        self.out = out
+        self.target = audio[1]
+        self.stream = _audio_stream(out, self.target)
+        self.packets = read_packets(audio[0])
+        self.pending = next(self.packets, None)
+
+    def write_until(self, t: Fraction | None) -> None:
+        rate = self.target.sample_rate
+        while self.pending is not None and (t is None or Fraction(self.pending.dts, rate) <= t):
+            p = self.pending
+            packet = av.Packet(p.data)
+            packet.stream = self.stream
+            packet.time_base = Fraction(1, rate)
+            packet.pts = p.pts
+            packet.dts = p.dts
+            packet.duration = p.duration
+            self.out.mux(packet)
+            self.pending = next(self.packets, None)
+
+
+def _close_quietly(out: av.container.OutputContainer) -> None:
+    with contextlib.suppress(av.error.FFmpegError, OSError):
+        out.close()
+
+
+def _dts(plan: Plan, i: int) -> int:
+    """Uniform DTS: the i-th decoded sample gets the pts of display slot i - delay."""
+    k = i - plan.reorder_delay
+    if k >= 0:
+        return int(plan.out_pts[k])
+    return int(plan.out_pts[0]) + k * plan.frame_duration(0)
+
+
+def _records(plan: Plan, sources: Mapping[int, SourceInfo],
+             encoded: Mapping[int, Path]) -> list[bytes]:
+    seen: dict[bytes, None] = {}
+    for i, piece in enumerate(plan.pieces):
+        if isinstance(piece, CopyPiece):
+            video = sources[piece.source].video
+            for rec in video.records or (video.extradata,):
+                seen.setdefault(rec, None)
+        else:
+            seen.setdefault(read_header(encoded[i]).extradata, None)
+    return list(seen)
+
+
+def _first_record(plan: Plan, sources: Mapping[int, SourceInfo],
+                  encoded: Mapping[int, Path]) -> bytes:
+    first = plan.pieces[0]
+    if isinstance(first, CopyPiece):
+        return sources[first.source].video.record_of(first.dec_start)
+    return read_header(encoded[0]).extradata
+
+
+def _video_stream(
+    out: av.container.OutputContainer,
+    plan: Plan,
+    sources: Mapping[int, SourceInfo],
+    encoded: Mapping[int, Path],
+    templates: list[av.container.InputContainer],
+    container_format: str,
+) -> av.VideoStream:
+    fmt = plan.out_format
+    if container_format != "mp4":
+        # VP9 in WebM carries no extradata; an encoder-backed stream gives the muxer the
+        # codec parameters, and its own encoder is never fed.
+        st = out.add_stream("libvpx-vp9", rate=_rate(plan))
+        st.width, st.height = fmt.width, fmt.height
+        st.pix_fmt = fmt.pix_fmt
+        st.time_base = plan.out_time_base
+        return st
+    record = _first_record(plan, sources, encoded)
+    template_src = next((sources[p.source] for p in plan.pieces if isinstance(p, CopyPiece)),
+                        None)
+    if template_src is not None and template_src.video.format == fmt:
+        inp = av.open(str(template_src.path), metadata_errors="ignore")
+        template = inp.streams.video[0]
+    else:
+        inp = av.open(_template_file(fmt.codec, record, fmt.width, fmt.height), "r",
+                      format="mp4")
+        template = inp.streams.video[0]
+    templates.append(inp)
+    st = out.add_stream_from_template(template)
+    st.codec_context.extradata = record
+    st.time_base = plan.out_time_base
+    st.codec_tag = _TAGS.get(fmt.codec, st.codec_tag or "")
+    return st
+
+
+def _rate(plan: Plan) -> Fraction:
+    if plan.frame_count < 2:
+        return Fraction(30)
+    return 1 / (plan.frame_duration(0) * plan.out_time_base)
+
+
+def _template_file(codec: str, record: bytes, width: int, height: int) -> io.BytesIO:
+    """A one-sample in-memory MP4 whose stream carries ``record``: a template to copy from."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as tmp:
+        st = tmp.add_stream(codec)
+        assert isinstance(st, av.VideoStream)
+        st.codec_context.extradata = record
+        st.width, st.height = width, height
+        st.time_base = Fraction(1, 25)
+        pkt = av.Packet(b"\x00\x00\x00\x02\x09\xf0" if codec == "h264"
+                        else b"\x00\x00\x00\x03\x46\x01\x10")
+        pkt.stream = st
+        pkt.pts = pkt.dts = 0
+        pkt.duration = 1
+        tmp.mux(pkt)
+    buf.seek(0)
+    return buf
+
+
+def _audio_stream(out: av.container.OutputContainer, target: AudioTarget) -> av.AudioStream:
+    st = out.add_stream(target.codec, rate=target.sample_rate)
+    assert isinstance(st, av.AudioStream)
+    st.layout = target.layout
+    st.bit_rate = target.bit_rate
+    st.time_base = Fraction(1, target.sample_rate)
+    return st

@@ -1,0 +1,242 @@
+"""Probe a source: codec parameters from FFmpeg, the sample index from the MP4 tables.
+
+Reading the index from ``moov`` costs one read of a few megabytes whatever the file size; a
+15 GB camera file is never scanned. Keyframes are then checked at the NAL level by reading
+only the NAL headers of each sync sample (a handful of bytes each), because the container's
+sync flag also marks H.264 non-IDR I-frames and HEVC CRAs, which need special handling.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import numpy as np
+
+from . import mp4index, nal
+from .errors import (
+    CorruptMediaError,
+    NotAVideoError,
+    SourceNotFoundError,
+    UnsupportedMediaError,
+)
+from .media import AudioTrackInfo, FrameIndex, SourceInfo, VideoFormat, VideoTrackInfo
+
+#: Codecs whose random-access points we can verify from NAL headers.
+NAL_CODECS = frozenset({"h264", "hevc"})
+_MP4_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2")
+
+
+def probe(path: Path) -> SourceInfo:
+    """Probe ``path``; raises the engine's MediaError subclasses with a readable message."""
+    name = path.name
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:
+        raise SourceNotFoundError(f"source file {name!r} does not exist") from exc
+    except OSError as exc:
+        raise SourceNotFoundError(f"source file {name!r} cannot be read: {exc.strerror}") from exc
+    if not path.is_file():
+        raise SourceNotFoundError(f"source {name!r} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise SourceNotFoundError(f"source file {name!r} is not readable")
+    if st.st_size == 0:
+        raise NotAVideoError(f"source file {name!r} is empty")
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except av.error.InvalidDataError as exc:
+        raise _open_error(path, exc) from exc
+    except av.error.FFmpegError as exc:
+        raise CorruptMediaError(f"source file {name!r} cannot be opened: {exc}") from exc
+    try:
+        return _probe_open(path, st.st_size, container)
+    finally:
+        container.close()
+
+
+def _open_error(path: Path, exc: Exception) -> Exception:
+    head = path.read_bytes()[:12] if path.stat().st_size < 64 else _head(path)
+    if head[4:8] in (b"ftyp", b"mdat", b"moov", b"free", b"wide", b"skip"):
+        return CorruptMediaError(
+            f"source file {path.name!r} is damaged or truncated (no readable index); "
+            "was the recording stopped before the file was finished?"
+        )
+    return NotAVideoError(f"source file {path.name!r} is not a video file")
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as fh:
+        return fh.read(12)
+
+
+def _probe_open(path: Path, size: int, container: av.container.InputContainer) -> SourceInfo:
+    name = path.name
+    vstreams = [s for s in container.streams.video
+                if not (s.disposition & av.stream.Disposition.attached_pic)]
+    if not vstreams:
+        raise NotAVideoError(f"source file {name!r} has no video stream")
+    vs = vstreams[0]
+    fmt_name = container.format.name
+    if not any(f in fmt_name.split(",") for f in _MP4_FORMATS):
+        raise UnsupportedMediaError(
+            f"source file {name!r} is a {fmt_name} file; only MP4 and MOV sources are "
+            "supported (remux it to MP4 without re-encoding first)"
+        )
+    cc = vs.codec_context
+    codec = cc.name
+    tables = _read_tables(path)
+    track = next((t for t in tables if t.track_id == vs.id and t.handler == "vide"), None)
+    if track is None:
+        track = next((t for t in tables if t.handler == "vide"), None)
+    if track is None or track.sample_count == 0:
+        raise CorruptMediaError(f"source file {name!r} has a video track with no frames")
+    _check_extent(path, size, track)
+    length_size = 4
+    if codec in NAL_CODECS:
+        length_size = _length_size(codec, bytes(cc.extradata or b""), name)
+    rap = _random_access_points(path, codec, track, length_size)
+    # Samples an edit list hides (before the edit's start) stay in the index as decode
+    # references, with negative times; time 0 is the first frame a player shows.
+    shown = ~np.asarray(track.discard, dtype=bool)
+    origin = int(np.min(track.pts[shown])) if shown.any() else int(np.min(track.pts))
+    index = FrameIndex(
+        time_base=Fraction(1, track.timescale),
+        pts=(track.pts - origin).astype(np.int64),
+        duration=track.duration.astype(np.int64),
+        rap=rap,
+        size=track.size.astype(np.int64),
+    )
+    pix_fmt = cc.format.name if cc.format is not None else "unknown"
+    vformat = VideoFormat(codec, cc.width, cc.height, pix_fmt)
+    sar = cc.sample_aspect_ratio
+    video = VideoTrackInfo(
+        index=index,
+        format=vformat,
+        offset=track.offset.astype(np.int64),
+        extradata=bytes(cc.extradata or b""),
+        nal_length_size=length_size,
+        profile=cc.profile,
+        bit_rate=int(cc.bit_rate or vs.bit_rate or _mean_bitrate(track)),
+        sample_aspect_ratio=Fraction(sar) if sar else None,
+        color_primaries=int(cc.color_primaries),
+        color_trc=int(cc.color_trc),
+        colorspace=int(cc.colorspace),
+        color_range=int(cc.color_range),
+        stream_index=vs.index,
+        records=tuple(e.config or b"" for e in track.sample_entries),
+        stsd=np.asarray(track.stsd_index, dtype=np.int64),
+    )
+    audio = _probe_audio(container, Fraction(origin, track.timescale))
+    return SourceInfo(path=path, size=size, container=fmt_name, video=video, audio=audio)
+
+
+def _read_tables(path: Path) -> list[mp4index.TrackTable]:
+    try:
+        return mp4index.read_sample_tables(path)
+    except mp4index.Mp4IndexError as exc:
+        text = str(exc)
+        if "fragmented" in text:
+            raise UnsupportedMediaError(
+                f"source file {path.name!r} is a fragmented MP4, which is not supported yet; "
+                "remux it to a regular MP4 first"
+            ) from exc
+        if "edit" in text:
+            raise UnsupportedMediaError(
+                f"source file {path.name!r} uses an edit list the engine does not support: {text}"
+            ) from exc
+        raise CorruptMediaError(f"source file {path.name!r} is damaged: {text}") from exc
+
+
+def _check_extent(path: Path, size: int, track: mp4index.TrackTable) -> None:
+    """A recording cut short keeps its index but loses sample data: refuse it up front."""
+    end = int(np.max(track.offset + track.size)) if track.sample_count else 0
+    if end > size:
+        missing = end - size
+        raise CorruptMediaError(
+            f"source file {path.name!r} is truncated: its index points {missing} bytes past "
+            "the end of the file"
+        )
+
+
+def _length_size(codec: str, extradata: bytes, name: str) -> int:
+    try:
+        if codec == "h264":
+            return nal.parse_avcc(extradata).length_size
+        return nal.parse_hvcc(extradata).length_size
+    except (ValueError, IndexError) as exc:
+        raise UnsupportedMediaError(
+            f"source file {name!r} stores {codec} without an avcC/hvcC configuration "
+            "(Annex-B in MP4 is not supported)"
+        ) from exc
+
+
+def _random_access_points(
+    path: Path, codec: str, track: mp4index.TrackTable, length_size: int
+) -> np.ndarray:
+    sync = np.asarray(track.sync, dtype=bool).copy()
+    if codec not in NAL_CODECS:
+        return sync
+    rap = np.zeros_like(sync)
+    with path.open("rb", buffering=0) as fh:
+        for i in np.flatnonzero(sync):
+            types = _nal_types(fh, int(track.offset[i]), int(track.size[i]), length_size, codec)
+            rap[i] = _is_rap(codec, types)
+    return rap
+
+
+def _nal_types(fh: BinaryIO, offset: int, size: int, length_size: int, codec: str) -> list[int]:
+    """NAL unit types of one sample, reading only each NAL's length and header."""
+    types: list[int] = []
+    pos = 0
+    while pos + length_size < size:
+        fh.seek(offset + pos)
+        head = fh.read(length_size + 2)
+        if len(head) < length_size + 1:
+            break
+        nal_len = int.from_bytes(head[:length_size], "big")
+        header = head[length_size:]
+        types.append(nal.nal_type_h264(header) if codec == "h264" else nal.nal_type_hevc(header))
+        if nal_len == 0:
+            break
+        pos += length_size + nal_len
+        if len(types) > 64:  # enough to have met the first slice
+            break
+    return types
+
+
+def _is_rap(codec: str, types: list[int]) -> bool:
+    if codec == "h264":
+        return 5 in types
+    return any(16 <= t <= 21 for t in types)
+
+
+def _mean_bitrate(track: mp4index.TrackTable) -> int:
+    span = int(np.max(track.pts + track.duration) - np.min(track.pts))
+    if span <= 0:
+        return 0
+    return int(int(np.sum(track.size)) * 8 * track.timescale / span)
+
+
+def _probe_audio(
+    container: av.container.InputContainer, video_origin: Fraction
+) -> AudioTrackInfo | None:
+    if not container.streams.audio:
+        return None
+    st = container.streams.audio[0]
+    cc = st.codec_context
+    start = Fraction(0)
+    if st.start_time is not None and st.time_base is not None:
+        start = st.start_time * Fraction(st.time_base)
+    return AudioTrackInfo(
+        codec=cc.name,
+        sample_rate=int(cc.sample_rate),
+        channels=int(cc.channels),
+        layout=cc.layout.name,
+        start=start - video_origin,
+        clock_origin=video_origin,
+        stream_index=st.index,
+        bit_rate=int(cc.bit_rate or st.bit_rate or 0),
+    )

@@ -1,0 +1,68 @@
+"""Shared fixtures: one media root of generated, stamped camera files per test session."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from tests import mediagen as mg
+
+#: name -> spec. Camera ids are distinct so a wrong source shows up as a wrong stamp.
+CAMERAS: dict[str, mg.CameraSpec] = {
+    "h264_a.mp4": mg.CameraSpec(camera=1, codec="h264", seconds=6, gop=30, bframes=2),
+    "h264_b.mp4": mg.CameraSpec(
+        camera=2,
+        codec="h264",
+        seconds=6,
+        gop=30,
+        bframes=3,
+        crf=30,
+        x264_params="ref=1:weightp=0:8x8dct=0",
+    ),
+    "hevc_open.mp4": mg.CameraSpec(
+        camera=3, codec="hevc", seconds=6, gop=30, bframes=2, open_gop=True
+    ),
+    "hevc_b.mp4": mg.CameraSpec(camera=4, codec="hevc", seconds=6, gop=24, bframes=3, crf=30),
+    "ntsc.mp4": mg.CameraSpec(
+        camera=5, codec="h264", seconds=6, fps=Fraction(30000, 1001), gop=30, bframes=2
+    ),
+    "hevc10.mp4": mg.CameraSpec(
+        camera=6, codec="hevc", seconds=4, gop=30, bframes=2, pix_fmt="yuv420p10le"
+    ),
+    "h264_640.mp4": mg.CameraSpec(camera=7, codec="h264", width=640, height=360, seconds=6),
+    "silent.mp4": mg.CameraSpec(camera=8, codec="h264", seconds=6, audio=False),
+    "phone_vfr.mp4": mg.CameraSpec(camera=9, codec="h264", seconds=6, vfr=True, gop=30),
+    "h264_10bit.mp4": mg.CameraSpec(camera=10, codec="h264", seconds=4, pix_fmt="yuv420p10le"),
+    "obs.mkv": mg.CameraSpec(
+        camera=11, codec="h264", seconds=3, container="mkv", audio_codec="opus"
+    ),
+}
+
+
+class MediaRoot:
+    def __init__(self, root: Path, media: dict[str, mg.GeneratedMedia]) -> None:
+        self.root = root
+        self.media = media
+
+    @property
+    def sources(self) -> Path:
+        return self.root / "sources"
+
+    def camera(self, name: str) -> int:
+        return self.media[name].spec.camera
+
+
+@pytest.fixture(scope="session")
+def media_root(tmp_path_factory: pytest.TempPathFactory) -> MediaRoot:
+    root = tmp_path_factory.mktemp("media")
+    (root / "sources").mkdir()
+    media = {name: mg.make_camera(root / "sources" / name, spec) for name, spec in CAMERAS.items()}
+    src = root / "sources"
+    mg.truncate_copy(src / "h264_a.mp4", src / "truncated.mp4", 0.6)
+    mg.make_not_a_video(src / "notes.mp4", kind="text")
+    mg.make_not_a_video(src / "voice.wav", kind="wav")
+    (root / "secret.mp4").write_bytes((src / "h264_a.mp4").read_bytes())
+    (src / "escape.mp4").symlink_to(root / "secret.mp4")
+    return MediaRoot(root, media)
