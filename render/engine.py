@@ -23,9 +23,16 @@ from .config import ExportConfig
 from .encode import EncoderSettings, encode_piece, matched_settings, transcode_settings
 from .errors import CancelledError, ConfigError, RenderError
 from .media import SourceInfo, VideoFormat
-from .mux import assemble
+from .mux import LocalPieces, assemble
 from .paths import resolve_source
-from .plan import EncodePiece, Plan, PlannedSource, build_plan, output_rate
+from .plan import (
+    DEFAULT_MAX_PIECE_FRAMES,
+    EncodePiece,
+    Plan,
+    PlannedSource,
+    build_plan,
+    output_rate,
+)
 from .probe import probe
 
 #: Rough costs that turn bytes and frames into one progress scale (seconds of work):
@@ -134,13 +141,16 @@ def probe_sources(config: ExportConfig, media_roots: Sequence[Path]) -> dict[int
 
 
 def prepare(config: ExportConfig, media_roots: Sequence[Path], *,
-            max_piece_frames: int | None = None, preset: str = "fast") -> Prepared:
+            max_piece_frames: int | None = None, max_piece_bytes: int | None = None,
+            preset: str = "fast") -> Prepared:
     sources = probe_sources(config, media_roots)
-    return prepare_with(config, sources, max_piece_frames=max_piece_frames, preset=preset)
+    return prepare_with(config, sources, max_piece_frames=max_piece_frames,
+                        max_piece_bytes=max_piece_bytes, preset=preset)
 
 
 def prepare_with(config: ExportConfig, sources: dict[int, SourceInfo], *,
-                 max_piece_frames: int | None = None, preset: str = "fast") -> Prepared:
+                 max_piece_frames: int | None = None, max_piece_bytes: int | None = None,
+                 preset: str = "fast") -> Prepared:
     planned = [
         PlannedSource(s.video.index, s.video.format, s.audio is not None) if s is not None
         else None
@@ -160,9 +170,9 @@ def prepare_with(config: ExportConfig, sources: dict[int, SourceInfo], *,
             raise ConfigError("output.width and output.height must be at least 16",
                               field="output.width")
         transcode_fmt = VideoFormat(codec, width, height, _out_pix_fmt(codec, first))
-    kwargs = {"max_piece_frames": max_piece_frames} if max_piece_frames else {}
     plan = build_plan(config, planned, transcode_format=transcode_fmt,  # type: ignore[arg-type]
-                      **kwargs)
+                      max_piece_frames=max_piece_frames or DEFAULT_MAX_PIECE_FRAMES,
+                      max_piece_bytes=max_piece_bytes)
     settings: dict[int, EncoderSettings] = {}
     if plan.transcode:
         assert transcode_fmt is not None
@@ -251,7 +261,7 @@ def execute(
             audio = (apath, prep.audio)
         check_cancel()
         tracker.stage("assembling", "Writing the output file")
-        assemble(plan, prep.sources, encoded, audio, out_path,
+        assemble(plan, prep.sources, LocalPieces(encoded), audio, out_path,
                  container_format=prep.container_format,
                  on_bytes=lambda n: tracker.add(bytes_=n), check_cancel=check_cancel)
         tracker.stage("done", "Export complete")

@@ -33,6 +33,10 @@ class RenderError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple[type[RenderError], tuple[str], dict[str, str | None]]:
+        # Errors cross process boundaries (Ray tasks): keep ``field`` on the way.
+        return (self.__class__, (self.message,), {"field": self.field})
+
 
 class ConfigError(RenderError):
     """The export config is invalid (names the field in ``field``)."""

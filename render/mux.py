@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import av
 import numpy as np
@@ -40,6 +40,8 @@ from .sidedata import new_extradata
 #: (about 12 per H.264 sample, 90 per entry plus its record).
 MOOV_PER_SAMPLE = 48
 MOOV_BASE = 16384
+#: Parameter sets of our encoders (x265's with its info SEI off is well under this).
+MAX_ENCODER_RECORD = 4096
 _TAGS = {"h264": "avc1", "hevc": "hvc1"}
 
 
@@ -56,10 +58,45 @@ def estimate_moov(plan: Plan, audio_packets: int, records: int, record_bytes: in
     return MOOV_BASE + MOOV_PER_SAMPLE * samples + records * 256 + record_bytes
 
 
+class PieceSource(Protocol):
+    """Where the muxer gets pieces; it asks in output order and may block until ready."""
+
+    def encoded(self, index: int) -> Path:
+        """The piece file of encode piece ``index``."""
+        ...
+
+    def copied(self, index: int) -> bytes | None:
+        """The samples of copy piece ``index`` if they were read elsewhere, else None (the
+        muxer then reads them from the source file itself)."""
+        ...
+
+
+@dataclass(frozen=True)
+class LocalPieces:
+    """Pieces made in this process: encoded ones on disk, copies read by the muxer."""
+
+    files: Mapping[int, Path]
+
+    def encoded(self, index: int) -> Path:
+        return self.files[index]
+
+    def copied(self, index: int) -> bytes | None:
+        return None
+
+
+def read_copy_piece(plan: Plan, sources: Mapping[int, SourceInfo], index: int) -> bytes:
+    """The samples of copy piece ``index``, concatenated in decode order (for shipping)."""
+    piece = plan.pieces[index]
+    assert isinstance(piece, CopyPiece)
+    src = sources[piece.source]
+    with src.path.open("rb") as fh:
+        return b"".join(read_sample(fh, src, int(d)) for d in piece.samples(src.video.index))
+
+
 def video_packets(
     plan: Plan,
     sources: Mapping[int, SourceInfo],
-    encoded: Mapping[int, Path],
+    pieces: PieceSource,
     *,
     on_bytes: Callable[[int], None] | None = None,
     check_cancel: Callable[[], None] | None = None,
@@ -72,14 +109,22 @@ def video_packets(
                 check_cancel()
             if isinstance(piece, CopyPiece):
                 src = sources[piece.source]
+                shipped = pieces.copied(i)
                 fh = handles.get(piece.source)
-                if fh is None:
+                if fh is None and shipped is None:
                     fh = handles[piece.source] = src.path.open("rb")
                 index = src.video.index
                 current: bytes | None = None
+                pos = 0
                 for n, dec in enumerate(piece.samples(index)):
                     d = int(dec)
-                    data = read_sample(fh, src, d)
+                    if shipped is not None:
+                        size = int(index.size[d])
+                        data = shipped[pos:pos + size]
+                        pos += size
+                    else:
+                        assert fh is not None
+                        data = read_sample(fh, src, d)
                     if on_bytes is not None:
                         on_bytes(len(data))
                     # Announce the record at the piece start and wherever the source itself
@@ -91,7 +136,7 @@ def video_packets(
                     if check_cancel is not None and n % 256 == 255:
                         check_cancel()
             else:
-                yield from _encoded_packets(plan, piece, encoded[i])
+                yield from _encoded_packets(plan, piece, pieces.encoded(i))
     finally:
         for fh in handles.values():
             fh.close()
@@ -120,7 +165,7 @@ def _encoded_packets(plan: Plan, piece: EncodePiece, path: Path) -> Iterator[Vid
 def assemble(
     plan: Plan,
     sources: Mapping[int, SourceInfo],
-    encoded: Mapping[int, Path],
+    pieces: PieceSource,
     audio: tuple[Path, AudioTarget] | None,
     out_path: Path,
     *,
@@ -132,10 +177,10 @@ def assemble(
     tmp = out_path.with_name(f".{out_path.name}.partial")
     try:
         try:
-            _write(plan, sources, encoded, audio, tmp, container_format, on_bytes, check_cancel,
+            _write(plan, sources, pieces, audio, tmp, container_format, on_bytes, check_cancel,
                    reserve=True)
         except _ReservationTooSmall:
-            _write(plan, sources, encoded, audio, tmp, container_format, None, check_cancel,
+            _write(plan, sources, pieces, audio, tmp, container_format, None, check_cancel,
                    reserve=False)
         tmp.replace(out_path)
     except BaseException:
@@ -150,7 +195,7 @@ class _ReservationTooSmall(Exception):
 def _write(
     plan: Plan,
     sources: Mapping[int, SourceInfo],
-    encoded: Mapping[int, Path],
+    pieces: PieceSource,
     audio: tuple[Path, AudioTarget] | None,
     path: Path,
     container_format: str,
@@ -159,17 +204,17 @@ def _write(
     *,
     reserve: bool,
 ) -> None:
-    options = _options(plan, sources, encoded, audio, container_format, reserve)
+    options = _options(plan, sources, audio, container_format, reserve)
     try:
         out = av.open(str(path), "w", format=container_format, options=options)
     except (OSError, av.error.FFmpegError) as exc:
         raise OutputError(f"cannot create the output file: {exc}") from exc
     templates: list[av.container.InputContainer] = []
     try:
-        vstream = _video_stream(out, plan, sources, encoded, templates, container_format)
+        vstream = _video_stream(out, plan, sources, pieces, templates, container_format)
         audio_out = _AudioOut(out, audio) if audio else None
         tb = plan.out_time_base
-        packets = video_packets(plan, sources, encoded, on_bytes=on_bytes,
+        packets = video_packets(plan, sources, pieces, on_bytes=on_bytes,
                                 check_cancel=check_cancel)
         for i, vp in enumerate(packets):
             pts = int(plan.out_pts[vp.out_disp])
@@ -207,7 +252,7 @@ def _write(
         raise OutputError(f"finishing the output file failed: {exc}") from exc
 
 
-def _options(plan: Plan, sources: Mapping[int, SourceInfo], encoded: Mapping[int, Path],
+def _options(plan: Plan, sources: Mapping[int, SourceInfo],
              audio: tuple[Path, AudioTarget] | None, container_format: str,
              reserve: bool) -> dict[str, str]:
     if container_format != "mp4":
@@ -220,8 +265,8 @@ def _options(plan: Plan, sources: Mapping[int, SourceInfo], encoded: Mapping[int
         return options
     # ~1 packet per 1024 samples (AAC) or 960 (Opus): estimate, with margin, from duration.
     audio_count = int(plan.duration * audio[1].sample_rate / 900) + 16 if audio else 0
-    records = _records(plan, sources, encoded)
-    size = estimate_moov(plan, audio_count, len(records), sum(map(len, records)))
+    records, record_bytes = _records_bound(plan, sources)
+    size = estimate_moov(plan, audio_count, records, record_bytes)
     options["moov_size"] = str(size)
     return options
 
@@ -264,32 +309,32 @@ def _dts(plan: Plan, i: int) -> int:
     return int(plan.out_pts[0]) + k * plan.frame_duration(0)
 
 
-def _records(plan: Plan, sources: Mapping[int, SourceInfo],
-             encoded: Mapping[int, Path]) -> list[bytes]:
-    seen: dict[bytes, None] = {}
-    for i, piece in enumerate(plan.pieces):
-        if isinstance(piece, CopyPiece):
-            video = sources[piece.source].video
-            for rec in video.records or (video.extradata,):
-                seen.setdefault(rec, None)
-        else:
-            seen.setdefault(read_header(encoded[i]).extradata, None)
-    return list(seen)
+def _records_bound(plan: Plan, sources: Mapping[int, SourceInfo]) -> tuple[int, int]:
+    """Upper bound on sample descriptions and their bytes, known before any piece exists."""
+    count = 0
+    size = 0
+    used = {p.source for p in plan.pieces if isinstance(p, CopyPiece)}
+    for i in used:
+        video = sources[i].video
+        recs = video.records or (video.extradata,)
+        count += len(recs)
+        size += sum(map(len, recs))
+    encodes = sum(1 for p in plan.pieces if isinstance(p, EncodePiece))
+    return count + encodes, size + encodes * MAX_ENCODER_RECORD
 
 
-def _first_record(plan: Plan, sources: Mapping[int, SourceInfo],
-                  encoded: Mapping[int, Path]) -> bytes:
+def _first_record(plan: Plan, sources: Mapping[int, SourceInfo], pieces: PieceSource) -> bytes:
     first = plan.pieces[0]
     if isinstance(first, CopyPiece):
         return sources[first.source].video.record_of(first.dec_start)
-    return read_header(encoded[0]).extradata
+    return read_header(pieces.encoded(0)).extradata
 
 
 def _video_stream(
     out: av.container.OutputContainer,
     plan: Plan,
     sources: Mapping[int, SourceInfo],
-    encoded: Mapping[int, Path],
+    pieces: PieceSource,
     templates: list[av.container.InputContainer],
     container_format: str,
 ) -> av.VideoStream:
@@ -302,7 +347,7 @@ def _video_stream(
         st.pix_fmt = fmt.pix_fmt
         st.time_base = plan.out_time_base
         return st
-    record = _first_record(plan, sources, encoded)
+    record = _first_record(plan, sources, pieces)
     template_src = next((sources[p.source] for p in plan.pieces if isinstance(p, CopyPiece)),
                         None)
     if template_src is not None and template_src.video.format == fmt:

@@ -223,6 +223,7 @@ def plan_segment_pieces(
     stop: int,
     out_first: int,
     max_piece_frames: int = DEFAULT_MAX_PIECE_FRAMES,
+    max_piece_bytes: int | None = None,
 ) -> list[Piece]:
     """Head encode, copied GOPs, tail encode for one segment (output order)."""
     disp_base = out_first - first
@@ -241,7 +242,7 @@ def plan_segment_pieces(
     skip = tuple(int(d) for d in index.leading_of(r_first))
     pieces.extend(
         _split_copy(index, segment, source, r_first, copy_stop_dec, skip, disp_base,
-                    max_piece_frames)
+                    max_piece_frames, max_piece_bytes)
     )
     if copy_stop_disp < stop:
         pieces.append(_encode(index, segment, source, copy_stop_disp, stop, disp_base, "tail"))
@@ -284,12 +285,20 @@ def _split_copy(
     skip: tuple[int, ...],
     disp_base: int,
     max_piece_frames: int,
+    max_piece_bytes: int | None = None,
 ) -> list[Piece]:
-    """Split a copy run at keyframes so no piece holds more than ``max_piece_frames``."""
+    """Split a copy run at the first keyframe past ``max_piece_frames`` or ``max_piece_bytes``.
+
+    Pieces bound the memory of whoever ships them (a GOP is the smallest unit, so a piece
+    may pass a bound by less than one GOP).
+    """
     raps = index.rap_dec[(index.rap_dec > dec_start) & (index.rap_dec < dec_stop)]
+    ends = np.cumsum(index.size)
     cuts = [dec_start]
     for r in raps:
-        if int(r) - cuts[-1] >= max_piece_frames:
+        start_bytes = int(ends[cuts[-1] - 1]) if cuts[-1] > 0 else 0
+        too_big = max_piece_bytes is not None and int(ends[r - 1]) - start_bytes >= max_piece_bytes
+        if int(r) - cuts[-1] >= max_piece_frames or too_big:
             cuts.append(int(r))
     cuts.append(dec_stop)
     pieces: list[Piece] = []
@@ -345,6 +354,7 @@ def build_plan(
     sources: Sequence[PlannedSource],
     *,
     max_piece_frames: int = DEFAULT_MAX_PIECE_FRAMES,
+    max_piece_bytes: int | None = None,
     transcode_chunk_frames: int | None = None,
     transcode_format: VideoFormat | None = None,
 ) -> Plan:
@@ -356,7 +366,7 @@ def build_plan(
             raise ValueError("transcode_format is required when the output re-encodes")
         return _plan_transcode(config, sources, cuts, dropped, transcode_format,
                                transcode_chunk_frames)
-    return _plan_copy(config, sources, cuts, dropped, max_piece_frames)
+    return _plan_copy(config, sources, cuts, dropped, max_piece_frames, max_piece_bytes)
 
 
 def resolve_cuts(
@@ -425,6 +435,7 @@ def _plan_copy(
     cuts: Sequence[SegmentCut],
     dropped: tuple[int, ...],
     max_piece_frames: int,
+    max_piece_bytes: int | None,
 ) -> Plan:
     out_format = sources[cuts[0].source].format
     timescale = _timescale(sources[c.source].index.time_base.denominator for c in cuts)
@@ -440,7 +451,8 @@ def _plan_copy(
         if src.format == out_format:
             pieces.extend(plan_segment_pieces(
                 index, segment=cut.segment, source=cut.source, first=cut.first, stop=cut.stop,
-                out_first=out_first, max_piece_frames=max_piece_frames))
+                out_first=out_first, max_piece_frames=max_piece_frames,
+                max_piece_bytes=max_piece_bytes))
         else:
             disp_base = out_first - cut.first
             pieces.append(_encode(index, cut.segment, cut.source, cut.first, cut.stop,

@@ -1,0 +1,154 @@
+"""The cluster's Python API: submit, status, cancel, list (what the HTTP layer calls).
+
+Every call goes to the named, detached actors, so it works the same from a Serve replica,
+a CLI or a test, and a job outlives whoever submitted it. Each method has an async form
+(for Serve handlers: never block the event loop) and a blocking one (``*_sync``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from render.config import ExportConfig, parse_config
+from render.engine import Prepared
+from render.errors import RenderError
+
+from .coordinator import COORDINATOR_NAME, STATUS_NAME, Coordinator
+from .errors import ClusterUnavailableError, JobNotFoundError
+from .jobs import JobState, JobStatus
+from .settings import Settings
+from .status import StatusActor
+from .tasks import prepare_task
+
+log = logging.getLogger("cutfarm.cluster")
+T = TypeVar("T")
+
+
+def ensure_ray(settings: Settings) -> None:
+    """Attach to the configured cluster, or a running local one, or start one."""
+    if ray.is_initialized():
+        return
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, namespace=settings.namespace)
+        return
+    try:
+        ray.init(address="auto", namespace=settings.namespace)
+    except ConnectionError:
+        log.info("no Ray cluster running; starting a local one")
+        ray.init(namespace=settings.namespace)
+
+
+class CutfarmCluster:
+    """Handles to the status and coordinator actors, created on first connect."""
+
+    def __init__(self, settings: Settings, status: Any, coordinator: Any) -> None:
+        self.settings = settings
+        self.status = status
+        self.coordinator = coordinator
+
+    @classmethod
+    def connect(cls, settings: Settings) -> CutfarmCluster:
+        ensure_ray(settings)
+        ns = settings.namespace
+        settings.export_root.mkdir(parents=True, exist_ok=True)
+        status = StatusActor.options(  # type: ignore[attr-defined]
+            name=STATUS_NAME, namespace=ns, lifetime="detached", get_if_exists=True,
+        ).remote(str(settings.export_root))
+        coordinator = Coordinator.options(  # type: ignore[attr-defined]
+            name=COORDINATOR_NAME, namespace=ns, lifetime="detached", get_if_exists=True,
+        ).remote(settings)
+        ray.get(coordinator.start.remote())
+        return cls(settings, status, coordinator)
+
+    # ------------------------------------------------------------------ async API
+
+    async def plan(self, config: dict[str, Any] | ExportConfig) -> Prepared:
+        """Validate and plan without creating a job (preflight)."""
+        cfg = config if isinstance(config, ExportConfig) else parse_config(config)
+        s = self.settings
+        ref = prepare_task.options(name=f"{cfg.id}:preflight").remote(
+            cfg.model_dump(mode="json", by_alias=True), [str(p) for p in s.root_paths],
+            s.max_piece_frames, s.max_piece_bytes, s.preset)
+        return await _unwrap(ref)
+
+    async def submit(self, config: dict[str, Any], *, preflight: bool = True) -> JobStatus:
+        """Validate (and probe/plan, unless told not to), then queue; returns at once."""
+        cfg = parse_config(config)
+        if preflight:
+            await self.plan(cfg)
+        data = cfg.model_dump(mode="json", by_alias=True)
+        return await self._call(lambda: self.coordinator.submit.remote(cfg.id, data,
+                                                                        cfg.priority))
+
+    async def get(self, job_id: str) -> JobStatus:
+        return await self._call(lambda: self.status.get.remote(job_id))
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        return await self._call(lambda: self.coordinator.cancel.remote(job_id))
+
+    async def list_jobs(self, states: list[JobState] | None = None) -> list[JobStatus]:
+        return await self._call(lambda: self.status.list.remote(states))
+
+    async def wait_change(self, job_id: str, version: int, timeout: float = 15.0) -> JobStatus:
+        return await self._call(lambda: self.status.wait_change.remote(job_id, version, timeout))
+
+    def output_path(self, status: JobStatus) -> Path | None:
+        if status.status != JobState.COMPLETED:
+            return None
+        for ext in ("mp4", "webm"):
+            path = self.settings.export_root / status.job_id / f"output.{ext}"
+            if path.is_file():
+                return path
+        return None
+
+    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await _unwrap(make())
+        except RayActorError as exc:
+            raise ClusterUnavailableError(
+                "the export service is restarting; please try again in a moment") from exc
+
+    # ------------------------------------------------------------------ blocking API
+
+    def submit_sync(self, config: dict[str, Any], *, preflight: bool = True) -> JobStatus:
+        return _run_sync(self.submit(config, preflight=preflight))
+
+    def get_sync(self, job_id: str) -> JobStatus:
+        return _run_sync(self.get(job_id))
+
+    def cancel_sync(self, job_id: str) -> JobStatus:
+        return _run_sync(self.cancel(job_id))
+
+    def list_sync(self, states: list[JobState] | None = None) -> list[JobStatus]:
+        return _run_sync(self.list_jobs(states))
+
+    def plan_sync(self, config: dict[str, Any]) -> Prepared:
+        return _run_sync(self.plan(config))
+
+
+async def _unwrap(awaitable: Awaitable[T]) -> T:
+    """Await a Ray call; re-raise the engine's and our own errors as themselves."""
+    try:
+        return await awaitable
+    except RayTaskError as exc:
+        cause = exc.cause
+        if isinstance(cause, RenderError | JobNotFoundError) or type(cause).__module__.startswith(
+                "cluster."):
+            raise cause from exc
+        raise
+
+
+def _run_sync(coro: Awaitable[T]) -> T:
+    import asyncio
+
+    return asyncio.run(_as_coroutine(coro))
+
+
+async def _as_coroutine(aw: Awaitable[T]) -> T:
+    return await aw

@@ -1,0 +1,326 @@
+"""The coordinator: one named, detached actor that queues, admits, runs and cancels jobs.
+
+It owns every job's Ray work (never an HTTP replica, whose tasks die with it). A job runs as
+an asyncio task inside this async actor: plan (a task), fan out the pieces (tasks placed
+near their data), start a concat actor that consumes the pieces in order, await it. The
+coordinator keeps only references in memory; the status actor and the job files are the
+truth, so a restarted coordinator re-queues every job that was pending or processing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayError, RayTaskError, TaskCancelledError
+
+from render.engine import Prepared
+from render.errors import RenderError
+from render.plan import EncodePiece
+
+from .concat import ConcatActor
+from .errors import AdmissionError
+from .jobs import JobState, JobStatus
+from .metrics import Metrics
+from .scheduling import (
+    AUDIO_MEMORY,
+    CONCAT_MEMORY,
+    audio_volume,
+    concat_volume,
+    piece_tasks,
+    placement,
+)
+from .settings import Settings
+from .store import JobStore
+from .tasks import audio_task, copy_task, encode_task, prepare_task
+
+log = logging.getLogger("cutfarm.coordinator")
+
+COORDINATOR_NAME = "cutfarm-coordinator"
+STATUS_NAME = "cutfarm-status"
+#: A concat actor that dies (its node, its worker) is replaced this many times.
+CONCAT_ATTEMPTS = 3
+#: Rough size of a re-encoded frame relative to the source's average, for disk estimates.
+ENCODED_FRAME_FACTOR = 2.0
+MESSAGE_INTERVAL = 0.5
+
+
+@dataclass
+class _Run:
+    job_id: str
+    refs: list[Any] = field(default_factory=list)
+    concat: Any = None
+    task: asyncio.Task[None] | None = None
+    reserved_bytes: int = 0
+    cancelled: bool = False
+
+
+def estimate_output_bytes(prep: Prepared) -> int:
+    """Copied bytes + re-encoded frames at twice the source's mean frame size + audio."""
+    plan = prep.plan
+    total = plan.copy_bytes
+    frames = plan.encode_frames
+    if frames:
+        sizes = [int(s.video.index.size.mean()) for s in prep.sources.values()
+                 if s.video.index.count]
+        per_frame = max(sizes) if sizes else 200_000
+        total += int(frames * per_frame * ENCODED_FRAME_FACTOR)
+    if prep.audio is not None:
+        total += int(plan.duration * prep.audio.bit_rate / 8)
+    return total + (1 << 20)
+
+
+def failure_message(exc: BaseException) -> str:
+    """The sentence a user sees for a failed job."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, RenderError):
+        return str(cause)
+    if isinstance(exc, RenderError | AdmissionError):
+        return str(exc)
+    if isinstance(exc, RayActorError):
+        return "the export failed because a worker stopped unexpectedly; please try again"
+    if isinstance(exc, RayError):
+        return "the export failed because of a cluster error; please try again"
+    return f"the export failed unexpectedly ({type(exc).__name__}); please try again"
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class Coordinator:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = JobStore(settings.export_root)
+        self.status: Any = ray.get_actor(STATUS_NAME, namespace=settings.namespace)
+        self.queue: list[tuple[int, int, str]] = []
+        self.running: dict[str, _Run] = {}
+        self.metrics = Metrics()
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.Task[None] | None = None
+        # A restarted coordinator must pick its jobs up without waiting for a caller: poke
+        # ourselves once the actor is ready to take calls.
+        me = ray.get_runtime_context().current_actor
+        threading.Timer(0.2, lambda: me.start.remote()).start()
+
+    # ------------------------------------------------------------------ public
+
+    async def start(self) -> int:
+        """Idempotent: reload queued/running jobs and start the scheduler loop."""
+        if self._loop is not None:
+            return len(self.queue) + len(self.running)
+        self._wake = asyncio.Event()
+        self._loop = asyncio.create_task(self._schedule())
+        states = [JobState.PENDING, JobState.PROCESSING]
+        for s in await self.status.list.remote(states):
+            if s.status == JobState.PROCESSING:
+                # Its pieces were owned by a coordinator that is gone: run it again.
+                self.store.remove_outputs(s.job_id)
+                await self.status.update.remote(s.job_id, {
+                    "status": JobState.PENDING, "stage": "queued", "progress": 0.0,
+                    "message": "Restarting after an interruption", "bytes_done": 0,
+                    "frames_done": 0, "samples_done": 0, "attempts": s.attempts + 1,
+                    "pieces": []})
+            heapq.heappush(self.queue, (-s.priority, s.seq, s.job_id))
+        self._kick()
+        return len(self.queue)
+
+    async def submit(self, job_id: str, config: dict[str, Any], priority: int) -> JobStatus:
+        await self.start()
+        status: JobStatus
+        status, created = await self.status.create.remote(job_id, config, priority)
+        if created:
+            heapq.heappush(self.queue, (-priority, status.seq, job_id))
+            self._kick()
+        return status
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        await self.start()
+        status: JobStatus = await self.status.get.remote(job_id)
+        if status.status.terminal:
+            return status
+        self.queue = [q for q in self.queue if q[2] != job_id]
+        heapq.heapify(self.queue)
+        run = self.running.get(job_id)
+        if run is not None:
+            await self._stop(run)
+        self.store.remove_outputs(job_id)
+        status = await self.status.update.remote(job_id, {
+            "status": JobState.CANCELLED, "stage": "cancelled",
+            "message": "Export cancelled"})
+        self._kick()
+        return status
+
+    async def queue_state(self) -> dict[str, list[str]]:
+        await self.start()
+        return {"queued": [q[2] for q in sorted(self.queue)], "running": list(self.running)}
+
+    async def ping(self) -> str:
+        return "ok"
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _kick(self) -> None:
+        self.metrics.queue_length(len(self.queue))
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _schedule(self) -> None:
+        assert self._wake is not None
+        while True:
+            while self.queue and len(self.running) < self.settings.max_concurrent_jobs:
+                _, _, job_id = heapq.heappop(self.queue)
+                run = _Run(job_id)
+                self.running[job_id] = run
+                run.task = asyncio.create_task(self._run(run))
+            self.metrics.queue_length(len(self.queue))
+            self._wake.clear()
+            await self._wake.wait()
+
+    # ------------------------------------------------------------------ one job
+
+    async def _run(self, run: _Run) -> None:
+        job_id = run.job_id
+        try:
+            await self._execute(run)
+        except asyncio.CancelledError:
+            return
+        except BaseException as exc:
+            if run.cancelled or isinstance(exc, TaskCancelledError):
+                return
+            log.warning("job %s failed: %r", job_id, exc)
+            self.store.remove_outputs(job_id)
+            await self.status.update.remote(job_id, {
+                "status": JobState.FAILED, "stage": "failed", "error": failure_message(exc),
+                "message": "Export failed"})
+        finally:
+            self.store.remove_work(job_id)
+            if run.concat is not None:
+                with contextlib.suppress(Exception):
+                    ray.kill(run.concat)
+            self.running.pop(job_id, None)
+            self._kick()
+
+    async def _execute(self, run: _Run) -> None:
+        job_id = run.job_id
+        s = self.settings
+        await self.status.update.remote(job_id, {
+            "status": JobState.PROCESSING, "stage": "planning",
+            "message": "Planning the export"})
+        config = self.store.read_config(job_id)
+        plan_ref = prepare_task.options(name=f"{job_id}:plan").remote(
+            config, [str(p) for p in s.root_paths], s.max_piece_frames, s.max_piece_bytes,
+            s.preset)
+        run.refs.append(plan_ref)
+        prep: Prepared = await plan_ref
+        self._admit(run, prep)
+        prep_ref = ray.put(prep)
+        plan = prep.plan
+        fmt = plan.out_format
+        await self.status.update.remote(job_id, {
+            "stage": "rendering", "bytes_total": plan.copy_bytes,
+            "frames_total": plan.encode_frames,
+            "samples_total": int(plan.duration * prep.audio.sample_rate) if prep.audio else 0,
+            "pixels_per_frame": fmt.width * fmt.height,
+            "message": _progress_message(plan, 0)})
+        refs: list[Any] = [None] * len(plan.pieces)
+        encode_refs = []
+        for t in piece_tasks(prep, s, job_id):
+            fn = encode_task if t.kind == "encode" else copy_task
+            ref = fn.options(name=t.name, num_cpus=t.num_cpus, memory=t.memory,
+                             **placement(t.volume)).remote(prep_ref, t.index, job_id,
+                                                           self.status)
+            refs[t.index] = ref
+            run.refs.append(ref)
+            if t.kind == "encode":
+                encode_refs.append(ref)
+        audio_ref = None
+        if prep.audio is not None:
+            audio_ref = audio_task.options(
+                name=f"{job_id}:audio", memory=AUDIO_MEMORY,
+                **placement(audio_volume(prep, s))).remote(prep_ref, job_id, self.status)
+            run.refs.append(audio_ref)
+        messages = asyncio.create_task(self._report_pieces(job_id, plan, encode_refs))
+        try:
+            size = await self._assemble(run, prep, prep_ref, refs, audio_ref)
+        finally:
+            messages.cancel()
+        await self.status.update.remote(job_id, {
+            "status": JobState.COMPLETED, "stage": "done", "message": "Export complete",
+            "download_url": f"/api/export/{job_id}/download", "output_bytes": size})
+
+    def _admit(self, run: _Run, prep: Prepared) -> None:
+        """Fail early when the output cannot fit beside the other running jobs' outputs."""
+        need = estimate_output_bytes(prep)
+        others = sum(r.reserved_bytes for r in self.running.values() if r is not run)
+        free = self.store.free_bytes() - others - self.settings.disk_headroom_bytes
+        if need > free:
+            raise AdmissionError(
+                f"not enough disk space for this export: it needs about {need / 1e9:.1f} GB "
+                f"and {max(free, 0) / 1e9:.1f} GB are free"
+            )
+        run.reserved_bytes = need
+
+    async def _assemble(self, run: _Run, prep: Prepared, prep_ref: Any, refs: list[Any],
+                        audio_ref: Any) -> int:
+        job_id = run.job_id
+        out = self.store.output_path(job_id, prep.container_format)
+        for attempt in range(1, CONCAT_ATTEMPTS + 1):
+            run.concat = ConcatActor.options(  # type: ignore[attr-defined]
+                name=f"cutfarm-concat-{job_id}", namespace=self.settings.namespace,
+                memory=CONCAT_MEMORY, **placement(concat_volume(prep, self.settings)),
+            ).remote()
+            try:
+                size: int = await run.concat.assemble.remote(
+                    prep_ref, refs, [audio_ref] if audio_ref is not None else [], str(out),
+                    job_id, self.status)
+                return size
+            except RayActorError:
+                if run.cancelled or attempt == CONCAT_ATTEMPTS:
+                    raise
+                log.warning("concat actor of %s died; attempt %d", job_id, attempt + 1)
+                with contextlib.suppress(Exception):
+                    ray.kill(run.concat)
+            except RayTaskError:
+                raise
+        raise AssertionError("unreachable")
+
+    async def _report_pieces(self, job_id: str, plan: Any, refs: list[Any]) -> None:
+        """Keep the human message current: 'Re-encoding cut 3 of 12'."""
+        total = len(refs)
+        if total == 0:
+            return
+        while True:
+            done, _ = ray.wait(refs, num_returns=total, timeout=0, fetch_local=False)
+            await self.status.update.remote(job_id, {
+                "message": _progress_message(plan, len(done))})
+            if len(done) == total:
+                await self.status.update.remote(job_id, {
+                    "message": "Assembling the output", "stage": "assembling"})
+                return
+            await asyncio.sleep(MESSAGE_INTERVAL)
+
+    async def _stop(self, run: _Run) -> None:
+        """Stop a running job's work: tasks killed, concat actor killed, coroutine ended."""
+        run.cancelled = True
+        for ref in run.refs:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        if run.concat is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(run.concat)
+        if run.task is not None:
+            run.task.cancel()
+            with contextlib.suppress(BaseException):
+                await run.task
+
+
+def _progress_message(plan: Any, done: int) -> str:
+    encodes = sum(1 for p in plan.pieces if isinstance(p, EncodePiece))
+    if encodes == 0:
+        return "Copying video"
+    what = "chunk" if plan.transcode else "cut"
+    return f"Re-encoding {what} {min(done + 1, encodes)} of {encodes}"

@@ -1,0 +1,99 @@
+"""Where and with what resources each piece runs: pure functions over the plan and settings.
+
+Locality is a soft preference: a piece that reads a source on a node-local volume asks for
+a node labelled with that volume, and falls back to any node, so a dead node never blocks a
+job. Sources on shared volumes (no volume name) run anywhere.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from render.engine import Prepared
+from render.plan import CopyPiece, EncodePiece
+
+from .settings import VOLUME_LABEL_PREFIX, Settings
+
+#: Memory of a re-encode beyond its frames: codec state, Python, PyAV.
+ENCODE_BASE_MEMORY = 300 << 20
+#: Frames an encoder and decoder hold at once (lookahead, references, frame threads).
+ENCODE_FRAMES_IN_FLIGHT = 48
+AUDIO_MEMORY = 200 << 20
+CONCAT_MEMORY = 300 << 20
+
+
+@dataclass(frozen=True)
+class PieceTask:
+    index: int
+    kind: str  # "encode" | "copy"
+    name: str
+    volume: str | None
+    num_cpus: float
+    memory: int
+
+
+def placement(volume: str | None) -> dict[str, Any]:
+    """Ray options preferring nodes that hold ``volume`` (none for shared volumes)."""
+    if volume is None:
+        return {}
+    return {
+        "label_selector": {f"{VOLUME_LABEL_PREFIX}{volume}": "true"},
+        "fallback_strategy": [{"label_selector": {}}],
+    }
+
+
+def source_volumes(prep: Prepared, settings: Settings) -> dict[int, str | None]:
+    return {i: settings.volume_of(src.path) for i, src in prep.sources.items()}
+
+
+def encode_memory(width: int, height: int, pix_fmt: str) -> int:
+    bytes_per_pixel = 3.0 if "10" in pix_fmt else 1.5
+    return int(ENCODE_BASE_MEMORY + ENCODE_FRAMES_IN_FLIGHT * width * height * bytes_per_pixel)
+
+
+def concat_volume(prep: Prepared, settings: Settings) -> str | None:
+    """The concat actor goes where the output is written, else where most copied bytes are."""
+    export_volume = settings.media_roots[0].volume
+    if export_volume is not None:
+        return export_volume
+    volumes = source_volumes(prep, settings)
+    weight: Counter[str] = Counter()
+    for piece in prep.plan.pieces:
+        if isinstance(piece, CopyPiece):
+            vol = volumes[piece.source]
+            if vol is not None:
+                weight[vol] += piece.bytes
+    return weight.most_common(1)[0][0] if weight else None
+
+
+def piece_tasks(prep: Prepared, settings: Settings, job_id: str) -> list[PieceTask]:
+    """The tasks a job fans out to, in output order.
+
+    Encode pieces always run as tasks. Copy pieces only need a task when their source is on
+    a node-local volume other than the concat actor's: everywhere else the concat actor
+    reads the samples straight from the file, so copying runs at disk speed with no hop.
+    """
+    volumes = source_volumes(prep, settings)
+    here = concat_volume(prep, settings)
+    fmt = prep.plan.out_format
+    tasks: list[PieceTask] = []
+    for i, piece in enumerate(prep.plan.pieces):
+        if isinstance(piece, EncodePiece):
+            src = piece.runs[0].source
+            tasks.append(PieceTask(
+                i, "encode", f"{job_id}:seg{piece.segment}:{piece.reason}:{i}", volumes[src],
+                1.0, encode_memory(max(fmt.width, 16), max(fmt.height, 16), fmt.pix_fmt)))
+        elif volumes[piece.source] is not None and volumes[piece.source] != here:
+            tasks.append(PieceTask(
+                i, "copy", f"{job_id}:seg{piece.segment}:copy:{i}", volumes[piece.source],
+                0.25, min(piece.bytes * 2, settings.max_piece_bytes * 2) + (64 << 20)))
+    return tasks
+
+
+def audio_volume(prep: Prepared, settings: Settings) -> str | None:
+    volumes = source_volumes(prep, settings)
+    counts = Counter(volumes[s.source] for s in prep.plan.audio
+                     if s.source is not None and volumes.get(s.source) is not None)
+    return counts.most_common(1)[0][0] if counts else None

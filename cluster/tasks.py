@@ -1,0 +1,123 @@
+"""Ray tasks: thin wrappers that run engine steps where the scheduler puts them.
+
+Each task does one engine step and returns plain data. Encoded pieces travel back through
+the object store as numpy byte arrays (read zero-copy by the concat actor), never as
+``bytes``, which Ray copies per reader. Progress goes to the status actor in batches, fire
+and forget, so a slow status actor never slows the encoders.
+
+Retries: worker or node death is retried by Ray (``max_retries``); the engine's own errors
+(bad media) are not (``retry_exceptions=False``): they fail the job once, with their message.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import ray
+
+from render.audio import render_audio
+from render.config import parse_config
+from render.encode import encode_piece
+from render.engine import Prepared, prepare
+from render.mux import read_copy_piece
+from render.plan import EncodePiece
+
+from .jobs import PiecePlacement
+
+Bytes = npt.NDArray[np.uint8]
+#: How often a task reports progress to the status actor.
+REPORT_INTERVAL = 0.5
+TASK_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class PieceResult:
+    index: int
+    data: Bytes
+    node_id: str
+
+
+class _Reporter:
+    """Batches work counters and sends them to the status actor every REPORT_INTERVAL."""
+
+    def __init__(self, status: Any, job_id: str) -> None:
+        self.status = status
+        self.job_id = job_id
+        self.frames = 0
+        self.samples = 0
+        self.bytes = 0
+        self.last = time.monotonic()
+
+    def add(self, *, frames: int = 0, samples: int = 0, bytes_: int = 0) -> None:
+        self.frames += frames
+        self.samples += samples
+        self.bytes += bytes_
+        if time.monotonic() - self.last >= REPORT_INTERVAL:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.status is not None and (self.frames or self.samples or self.bytes):
+            self.status.add_work.remote(self.job_id, self.bytes, self.frames, self.samples)
+        self.frames = self.samples = self.bytes = 0
+        self.last = time.monotonic()
+
+
+def _node() -> str:
+    return str(ray.get_runtime_context().get_node_id())
+
+
+def _placement(status: Any, job_id: str, index: int, kind: str) -> None:
+    if status is not None:
+        status.add_placement.remote(job_id, PiecePlacement(index=index, kind=kind,
+                                                           node_id=_node()))
+
+
+@ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)
+def prepare_task(config: dict[str, Any], roots: list[str], max_piece_frames: int,
+                 max_piece_bytes: int, preset: str) -> Prepared:
+    """Validate, probe and plan (reads only the sources' indexes)."""
+    return prepare(parse_config(config), [Path(r) for r in roots],
+                   max_piece_frames=max_piece_frames, max_piece_bytes=max_piece_bytes,
+                   preset=preset)
+
+
+@ray.remote(max_retries=TASK_RETRIES, retry_exceptions=False)
+def encode_task(prep: Prepared, index: int, job_id: str, status: Any) -> PieceResult:
+    piece = prep.plan.pieces[index]
+    assert isinstance(piece, EncodePiece)
+    _placement(status, job_id, index, "encode")
+    report = _Reporter(status, job_id)
+    settings = prep.settings[index]
+    with tempfile.TemporaryDirectory(prefix="cutfarm-piece-") as tmp:
+        path = encode_piece(piece, prep.plan, prep.sources, settings, Path(tmp) / "piece",
+                            on_frame=lambda: report.add(frames=1))
+        data = np.fromfile(path, dtype=np.uint8)
+    report.flush()
+    return PieceResult(index, data, _node())
+
+
+@ray.remote(max_retries=TASK_RETRIES, retry_exceptions=False)
+def copy_task(prep: Prepared, index: int, job_id: str, status: Any) -> PieceResult:
+    """Read a copy piece's samples on a node that holds its source, to ship them."""
+    _placement(status, job_id, index, "copy")
+    data = np.frombuffer(read_copy_piece(prep.plan, prep.sources, index), dtype=np.uint8)
+    return PieceResult(index, data, _node())
+
+
+@ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)
+def audio_task(prep: Prepared, job_id: str, status: Any) -> PieceResult:
+    assert prep.audio is not None
+    _placement(status, job_id, -1, "audio")
+    report = _Reporter(status, job_id)
+    with tempfile.TemporaryDirectory(prefix="cutfarm-audio-") as tmp:
+        path = render_audio(prep.plan.audio, prep.sources, prep.audio, Path(tmp) / "audio",
+                            on_samples=lambda n: report.add(samples=n))
+        data = np.fromfile(path, dtype=np.uint8)
+    report.flush()
+    return PieceResult(-1, data, _node())
