@@ -35,6 +35,7 @@ from .scheduling import (
     concat_volume,
     piece_tasks,
     placement,
+    volume_nodes,
 )
 from .settings import Settings
 from .store import JobStore
@@ -228,11 +229,12 @@ class Coordinator:
             "message": _progress_message(plan, 0)})
         refs: list[Any] = [None] * len(plan.pieces)
         encode_refs = []
+        where = volume_nodes(ray.nodes())  # type: ignore[no-untyped-call]
         for t in piece_tasks(prep, s, job_id):
             fn = encode_task if t.kind == "encode" else copy_task
             ref = fn.options(name=t.name, num_cpus=t.num_cpus, memory=t.memory,
-                             **placement(t.volume)).remote(prep_ref, t.index, job_id,
-                                                           self.status)
+                             **placement(t.volume, where, t.index)).remote(
+                prep_ref, t.index, job_id, self.status)
             refs[t.index] = ref
             run.refs.append(ref)
             if t.kind == "encode":
@@ -241,7 +243,7 @@ class Coordinator:
         if prep.audio is not None:
             audio_ref = audio_task.options(
                 name=f"{job_id}:audio", memory=AUDIO_MEMORY,
-                **placement(audio_volume(prep, s))).remote(prep_ref, job_id, self.status)
+                **placement(audio_volume(prep, s), where)).remote(prep_ref, job_id, self.status)
             run.refs.append(audio_ref)
         messages = asyncio.create_task(self._report_pieces(job_id, plan, encode_refs))
         try:
@@ -269,9 +271,10 @@ class Coordinator:
         job_id = run.job_id
         out = self.store.output_path(job_id, prep.container_format)
         for attempt in range(1, CONCAT_ATTEMPTS + 1):
+            where = volume_nodes(ray.nodes())  # type: ignore[no-untyped-call]
             run.concat = ConcatActor.options(  # type: ignore[attr-defined]
                 name=f"cutfarm-concat-{job_id}", namespace=self.settings.namespace,
-                memory=CONCAT_MEMORY, **placement(concat_volume(prep, self.settings)),
+                memory=CONCAT_MEMORY, **placement(concat_volume(prep, self.settings), where),
             ).remote()
             try:
                 size: int = await run.concat.assemble.remote(

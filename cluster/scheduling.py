@@ -1,15 +1,21 @@
 """Where and with what resources each piece runs: pure functions over the plan and settings.
 
-Locality is a soft preference: a piece that reads a source on a node-local volume asks for
-a node labelled with that volume, and falls back to any node, so a dead node never blocks a
-job. Sources on shared volumes (no volume name) run anywhere.
+Locality is a soft preference with the semantics we need: a piece whose source lives on a
+node-local volume gets soft node affinity to one of the live nodes labelled with that volume
+(spread by piece index), so it *waits* while that node is busy, and only runs elsewhere if
+the node is gone. (A label selector with a fallback was tried first: Ray falls back as soon
+as the labelled node is merely busy, which sends pieces away from their data.) Sources on
+shared volumes (no volume name) run anywhere.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from render.engine import Prepared
 from render.plan import CopyPiece, EncodePiece
@@ -34,14 +40,32 @@ class PieceTask:
     memory: int
 
 
-def placement(volume: str | None) -> dict[str, Any]:
-    """Ray options preferring nodes that hold ``volume`` (none for shared volumes)."""
+def placement(volume: str | None, volume_nodes: Mapping[str, Sequence[str]],
+              salt: int = 0) -> dict[str, Any]:
+    """Ray options preferring a live node that holds ``volume`` (none for shared volumes)."""
     if volume is None:
         return {}
+    candidates = sorted(volume_nodes.get(volume, ()))
+    if candidates:
+        node = candidates[salt % len(candidates)]
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
+    # No live node declares the volume right now: ask for the label, accept any node.
     return {
         "label_selector": {f"{VOLUME_LABEL_PREFIX}{volume}": "true"},
         "fallback_strategy": [{"label_selector": {}}],
     }
+
+
+def volume_nodes(nodes: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Volume name -> ids of the live nodes labelled with it (from ``ray.nodes()``)."""
+    out: dict[str, list[str]] = {}
+    for node in nodes:
+        if not node.get("Alive"):
+            continue
+        for key, value in (node.get("Labels") or {}).items():
+            if key.startswith(VOLUME_LABEL_PREFIX) and str(value).lower() == "true":
+                out.setdefault(key[len(VOLUME_LABEL_PREFIX):], []).append(str(node["NodeID"]))
+    return out
 
 
 def source_volumes(prep: Prepared, settings: Settings) -> dict[int, str | None]:
