@@ -112,6 +112,31 @@ class Settings:
         )
 
 
+def to_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes ``Settings.from_env()`` return ``settings`` (for workers)."""
+    env = {
+        "CUTFARM_MEDIA_ROOTS": ",".join(
+            f"{r.path}={r.volume}" if r.volume else str(r.path) for r in settings.media_roots),
+        "CUTFARM_HOST": settings.host,
+        "CUTFARM_PORT": str(settings.port),
+        "CUTFARM_CORS_ORIGINS": ",".join(settings.cors_origins),
+        "CUTFARM_MAX_BODY_BYTES": str(settings.max_body_bytes),
+        "CUTFARM_NAMESPACE": settings.namespace,
+        "CUTFARM_MAX_CONCURRENT_JOBS": str(settings.max_concurrent_jobs),
+        "CUTFARM_MAX_PIECE_FRAMES": str(settings.max_piece_frames),
+        "CUTFARM_MAX_PIECE_BYTES": str(settings.max_piece_bytes),
+        "CUTFARM_RETENTION_HOURS": str(settings.retention_hours),
+        "CUTFARM_PRESET": settings.preset,
+    }
+    if settings.api_token:
+        env["CUTFARM_API_TOKEN"] = settings.api_token
+    if settings.webhook_secret:
+        env["CUTFARM_WEBHOOK_SECRET"] = settings.webhook_secret
+    if settings.ray_address:
+        env["CUTFARM_RAY_ADDRESS"] = settings.ray_address
+    return env
+
+
 def parse_media_roots(text: str) -> tuple[MediaRoot, ...]:
     roots: list[MediaRoot] = []
     for item in (t.strip() for t in text.split(",")):

@@ -80,11 +80,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cutfarm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("render", help="run one export in this process")
+def add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The in-process engine commands, also offered by the service's ``cutfarm``."""
+    r = sub.add_parser("render", help="run one export in this process (no server)")
     r.add_argument("config")
     r.add_argument("--media-root", action="append", required=True,
                    help="folder holding sources/ (repeatable)")
@@ -96,11 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--media-root", action="append", required=True)
     p.set_defaults(func=cmd_plan)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cutfarm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_engine_commands(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except CancelledError:
@@ -109,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RenderError as exc:
         print(f"cutfarm: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

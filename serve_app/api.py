@@ -1,0 +1,263 @@
+"""The HTTP API: the editor's contract, plus list, events, preflight and health.
+
+Thin on purpose: parse, check access, call the cluster API, map errors (``errors.py``).
+Every handler is async and only awaits actor calls, so a replica never blocks its loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
+from cluster.api import CutfarmCluster
+from cluster.errors import ClusterError, JobNotFoundError
+from cluster.jobs import JobState, JobStatus
+from cluster.settings import Settings
+from render.config import JOB_ID_PATTERN
+from render.errors import ConfigError, RenderError
+
+from .errors import NOT_FOUND, HTTPProblem, problem_response
+from .security import BodyLimit, check_bearer, check_download, download_url
+
+log = logging.getLogger("cutfarm.http")
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm"}
+#: How long an events stream waits for a change before sending a keep-alive comment.
+EVENT_KEEPALIVE_SECONDS = 15.0
+
+ClusterProvider = Callable[[], CutfarmCluster]
+
+
+def create_app(settings: Settings, get_cluster: ClusterProvider) -> FastAPI:
+    app = FastAPI(
+        title="cutfarm",
+        version="1",
+        description="Frame-accurate server-side export for browser video editors.",
+    )
+    app.state.settings = settings
+    app.state.get_cluster = get_cluster
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST", "DELETE", "HEAD", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type", "Range"],
+                           expose_headers=["Content-Disposition", "Content-Length", "ETag"])
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    for kind in (HTTPProblem, RenderError, ClusterError):
+        app.add_exception_handler(kind, _problem)
+    app.include_router(router)
+    return app
+
+
+async def _problem(_: Request, exc: Exception) -> JSONResponse:
+    return problem_response(exc)
+
+
+def _token(request: Request) -> str | None:
+    token: str | None = request.app.state.settings.api_token
+    return token
+
+
+def _authorized(request: Request) -> None:
+    check_bearer(_token(request), request.headers.get("authorization"))
+
+
+def _cluster(request: Request) -> CutfarmCluster:
+    cluster: CutfarmCluster = request.app.state.get_cluster()
+    return cluster
+
+
+def _job_id(job_id: str) -> str:
+    if not _JOB_ID.match(job_id):
+        raise HTTPProblem(404, NOT_FOUND)
+    return job_id
+
+
+def _view(request: Request, status: JobStatus) -> dict[str, Any]:
+    body = status.editor_view()
+    if status.download_url is not None:
+        body["downloadUrl"] = download_url(status.job_id, _token(request))
+    body.update(stage=status.stage, etaSeconds=status.eta_seconds,
+                createdAt=status.created_at, updatedAt=status.updated_at)
+    return body
+
+
+async def _read_config(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ConfigError("the body must be a JSON object")
+    return data
+
+
+router = APIRouter()
+
+
+@router.post("/api/export", summary="Create an export job (the editor's config, schema v1)")
+async def create_export(request: Request) -> JSONResponse:
+    _authorized(request)
+    status = await _cluster(request).submit(await _read_config(request))
+    return JSONResponse({"jobId": status.job_id, "status": status.status.value,
+                         "message": "Export job created"})
+
+
+@router.post("/api/export/plan", summary="Preflight: the plan for a config, no job created")
+async def plan_export(request: Request) -> JSONResponse:
+    _authorized(request)
+    prep = await _cluster(request).plan(await _read_config(request))
+    return JSONResponse(plan_view(prep))
+
+
+@router.get("/api/export", summary="List jobs, optionally by state")
+async def list_exports(request: Request, status: str | None = None) -> JSONResponse:
+    _authorized(request)
+    states = None
+    if status:
+        try:
+            states = [JobState(s.strip()) for s in status.split(",") if s.strip()]
+        except ValueError:
+            allowed = ", ".join(s.value for s in JobState)
+            raise HTTPProblem(400, f"status must be one of {allowed}") from None
+    jobs = await _cluster(request).list_jobs(states)
+    return JSONResponse({"jobs": [_view(request, j) for j in jobs]})
+
+
+@router.get("/api/export/{job_id}/status", summary="A job's status (the editor polls this)")
+async def export_status(request: Request, job_id: str) -> JSONResponse:
+    _authorized(request)
+    status = await _cluster(request).get(_job_id(job_id))
+    return JSONResponse(_view(request, status))
+
+
+@router.get("/api/export/{job_id}/events", summary="Server-Sent Events of status changes")
+async def export_events(request: Request, job_id: str) -> StreamingResponse:
+    _authorized(request)
+    cluster = _cluster(request)
+    first = await cluster.get(_job_id(job_id))
+
+    async def stream() -> AsyncIterator[bytes]:
+        status = first
+        yield _sse(_view(request, status))
+        while not status.status.terminal:
+            if await request.is_disconnected():
+                return
+            nxt = await cluster.wait_change(job_id, status.version, EVENT_KEEPALIVE_SECONDS)
+            if nxt.version == status.version:
+                yield b": keep-alive\n\n"
+                continue
+            status = nxt
+            yield _sse(_view(request, status))
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.api_route("/api/export/{job_id}/download", methods=["GET", "HEAD"],
+                  summary="The finished file (Range and HEAD supported)")
+async def export_download(request: Request, job_id: str, expires: str | None = None,
+                          sig: str | None = None) -> Response:
+    job_id = _job_id(job_id)
+    check_download(_token(request), job_id, request.headers.get("authorization"), expires, sig)
+    cluster = _cluster(request)
+    try:
+        status = await cluster.get(job_id)
+    except JobNotFoundError:
+        raise HTTPProblem(404, NOT_FOUND) from None
+    path = cluster.output_path(status)
+    if path is None:
+        raise HTTPProblem(404, NOT_FOUND)
+    ext = path.suffix.lstrip(".")
+    name = str(cluster_config(cluster, job_id).get("projectName") or job_id)
+    # FileResponse streams from disk and answers Range/If-Range with 206 by itself.
+    return FileResponse(path, media_type=MEDIA_TYPES.get(ext, "application/octet-stream"),
+                        headers={"Content-Disposition": content_disposition(name, ext)})
+
+
+@router.delete("/api/export/{job_id}", summary="Cancel a running export")
+async def cancel_export(request: Request, job_id: str) -> JSONResponse:
+    _authorized(request)
+    status = await _cluster(request).cancel(_job_id(job_id))
+    message = ("Export cancelled" if status.status == JobState.CANCELLED
+               else f"Export already {status.status.value}")
+    return JSONResponse({"jobId": status.job_id, "status": status.status.value,
+                         "message": message})
+
+
+@router.get("/api/health", summary="Liveness of the API and the cluster's actors")
+async def health(request: Request) -> JSONResponse:
+    try:
+        jobs = await _cluster(request).list_jobs([JobState.PENDING, JobState.PROCESSING])
+    except ClusterError as exc:
+        return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
+    return JSONResponse({"status": "ok", "active": len(jobs)})
+
+
+def cluster_config(cluster: CutfarmCluster, job_id: str) -> dict[str, Any]:
+    path = cluster.settings.export_root / job_id / "config.json"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data
+
+
+def content_disposition(name: str, ext: str) -> str:
+    """RFC 6266: an ASCII fallback and the exact UTF-8 name in ``filename*``."""
+    filename = f"{name}.{ext}"
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\/%' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return f"event: status\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def plan_view(prep: Any) -> dict[str, Any]:
+    """Per segment: exact frames, what is copied and what re-encoded; estimates."""
+    from cluster.coordinator import estimate_output_bytes
+    from render.plan import CopyPiece, EncodePiece
+
+    plan = prep.plan
+    segments: dict[int, dict[str, Any]] = {}
+    for cut in plan.cuts:
+        segments[cut.segment] = {
+            "segment": cut.segment, "sourceIndex": cut.source, "firstFrame": cut.first,
+            "lastFrame": cut.stop - 1, "frames": cut.frames,
+            "sourceStart": float(cut.src_start), "duration": float(cut.duration),
+            "outputStart": float(cut.out_start), "copiedFrames": 0, "reencodedFrames": 0,
+            "copiedBytes": 0}
+    for piece in plan.pieces:
+        seg = segments.get(piece.segment)
+        if seg is None:
+            continue
+        if isinstance(piece, CopyPiece):
+            seg["copiedFrames"] += len(piece.samples(prep.sources[piece.source].video.index))
+            seg["copiedBytes"] += piece.bytes
+        elif isinstance(piece, EncodePiece):
+            seg["reencodedFrames"] += piece.frames
+    fmt = plan.out_format
+    est_seconds = (plan.copy_bytes / 200e6
+                   + plan.encode_frames * fmt.width * fmt.height / 40e6 + 1.0)
+    return {
+        "segments": list(segments.values()),
+        "droppedSegments": list(plan.dropped_segments),
+        "frames": plan.frame_count,
+        "duration": float(plan.duration),
+        "transcode": plan.transcode,
+        "video": {"codec": fmt.codec, "width": fmt.width, "height": fmt.height,
+                  "pixFmt": fmt.pix_fmt},
+        "copiedBytes": plan.copy_bytes,
+        "reencodedFrames": plan.encode_frames,
+        "estimatedBytes": estimate_output_bytes(prep),
+        "estimatedSeconds": round(est_seconds, 1),
+    }
