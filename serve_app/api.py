@@ -162,8 +162,10 @@ async def export_events(request: Request, job_id: str) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.api_route("/api/export/{job_id}/download", methods=["GET", "HEAD"],
-                  summary="The finished file (Range and HEAD supported)")
+@router.head("/api/export/{job_id}/download", summary="Headers of the finished file",
+             operation_id="export_download_head")
+@router.get("/api/export/{job_id}/download", summary="The finished file (Range supported)",
+            operation_id="export_download")
 async def export_download(request: Request, job_id: str, expires: str | None = None,
                           sig: str | None = None) -> Response:
     job_id = _job_id(job_id)

@@ -1,8 +1,9 @@
 """The Ray Serve application: ``serve_app.app:app`` (import path for serve run/deploy).
 
 A replica only validates and hands jobs to the detached coordinator, so replicas can come
-and go (autoscaling, rolling updates) without touching any export. Settings come from the
-environment of the replica, which ``build_app`` sets through the deployment's runtime_env.
+and go (autoscaling, rolling updates) without touching any export. The FastAPI app is built
+inside each replica (``__serve_build_asgi_app__``) from the settings the deployment was bound
+with, so middlewares (body limit, CORS) and the token always match the replica's settings.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from ray import serve
 
 from cluster.api import CutfarmCluster
-from cluster.settings import Settings, get_settings, to_env
+from cluster.settings import Settings, get_settings
 
 from .api import create_app
 
@@ -20,38 +21,21 @@ from .api import create_app
 MAX_ONGOING_REQUESTS = 100
 
 
-class _Holder:
-    cluster: CutfarmCluster | None = None
-
-
-_holder = _Holder()
-_settings = get_settings()
-
-
-def current_cluster() -> CutfarmCluster:
-    """The replica's cluster handles. A module-level function on purpose: Serve pickles the
-    FastAPI app into the replica, and only a by-name reference reaches the replica's own
-    module state (a bound method would carry a stale copy of the holder)."""
-    if _holder.cluster is None:
-        _holder.cluster = CutfarmCluster.connect(_settings)
-    return _holder.cluster
-
-
-api = create_app(_settings, current_cluster)
-
-
 @serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS, health_check_period_s=10)
-@serve.ingress(api)
+@serve.ingress()
 class ExportAPI:
-    def __init__(self) -> None:
-        current_cluster()
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cluster = CutfarmCluster.connect(settings)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_app(self.settings, lambda: self.cluster)
 
 
 def build_app(settings: Settings) -> Any:
-    """The application for ``settings`` (replicas read them from their environment)."""
-    return ExportAPI.options(  # type: ignore[attr-defined]
-        ray_actor_options={"runtime_env": {"env_vars": to_env(settings)}},
-    ).bind()
+    """The application for ``settings``."""
+    return ExportAPI.bind(settings)  # type: ignore[attr-defined]
 
 
-app = build_app(_settings)
+#: For ``serve run serve_app.app:app`` and Serve config files: settings from the environment.
+app = build_app(get_settings())

@@ -1,0 +1,84 @@
+"""A real Serve app on a local Ray, for HTTP tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ray
+from ray import serve
+
+from cluster.settings import MediaRoot, Settings
+from tests.cluster_support import new_namespace
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Api:
+    base: str
+    root: Path
+    settings: Settings
+
+    def client(self, token: str | None = None, timeout: float = 60.0) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.base, headers=headers, timeout=timeout)
+
+
+@contextlib.contextmanager
+def running_api(root: Path, **settings: Any) -> Iterator[Api]:
+    """Local Ray + Serve app with ``settings``; everything is torn down afterwards."""
+    from serve_app.app import build_app
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    port = free_port()
+    s = Settings(media_roots=(MediaRoot(root),), namespace=new_namespace(), port=port,
+                 **settings)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(s), name="cutfarm", route_prefix="/", blocking=False)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                headers = {"Authorization": f"Bearer {s.api_token}"} if s.api_token else {}
+                if httpx.get(f"{base}/api/health", headers=headers, timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Serve app did not become healthy")
+            time.sleep(0.2)
+        yield Api(base, root, s)
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
+
+
+def poll(client: httpx.Client, job_id: str, timeout: float = 120.0,
+         interval: float = 0.3) -> dict[str, Any]:
+    """The editor's loop: GET status every few hundred ms until the job ends."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(f"/api/export/{job_id}/status")
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        if body["status"] in ("completed", "failed", "cancelled"):
+            return body
+        assert 0.0 <= body["progress"] <= 1.0
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{job_id} did not finish: {body}")
+        time.sleep(interval)

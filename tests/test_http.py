@@ -1,0 +1,258 @@
+"""The real Serve app over real HTTP on a local Ray: the editor's flow and every guard."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import mediagen as mg
+from tests.conftest import MediaRoot as Media
+from tests.http_support import Api, poll, running_api
+
+FILES = ["h264_a.mp4", "h264_b.mp4", "notes.mp4", "truncated.mp4", "h264_640.mp4"]
+MULTICAM = [(0, 0.4, 2.5), (1, 2.5, 4.1), (0, 4.1, 5.55)]
+
+
+@pytest.fixture(scope="module")
+def api(media_root: Media, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    root = tmp_path_factory.mktemp("http-media")
+    (root / "sources").mkdir()
+    for name in FILES:
+        (root / "sources" / name).hardlink_to(media_root.sources / name)
+    (root / "outside.mp4").write_bytes(b"secret")
+    (root / "sources" / "link.mp4").symlink_to(root / "outside.mp4")
+    with running_api(root) as running:
+        yield running
+
+
+@pytest.fixture
+def client(api: Api) -> Iterator[httpx.Client]:
+    with api.client() as c:
+        yield c
+
+
+def editor_config(job_id: str, segments: list[tuple[int, float, float]] = MULTICAM,
+                  files: tuple[str, ...] = ("h264_a.mp4", "h264_b.mp4"),
+                  **output: Any) -> dict[str, Any]:
+    """Shaped exactly like the editor's example config (shared/contract)."""
+    return {
+        "version": 1,
+        "id": job_id,
+        "projectId": "7c98c8d8-e3ab-40f5-ac00-b8bd14b63934",
+        "projectName": "My Podcast \"Episode\" 12 – ü",
+        "createdAt": "2026-02-27T11:16:00.000Z",
+        "sources": [{"id": f"media-{i}", "name": f, "filePath": f, "width": 320, "height": 180,
+                     "duration": 6.0, "fps": 30, "hasAudio": True} for i, f in enumerate(files)],
+        "segments": [{"sourceIndex": s, "startTime": a, "endTime": b, "audioFromSource": True}
+                     for s, a, b in segments],
+        "output": {"filePath": f"exports/{job_id}/output.mp4", "format": "mp4", "width": 320,
+                   "height": 180, "fps": 30, "codec": "copy", "includeAudio": True, **output},
+        "status": "pending",
+    }
+
+
+def test_editor_flow_post_poll_download(api: Api, client: httpx.Client,
+                                        media_root: Media, tmp_path: Path) -> None:
+    cfg = editor_config("export-flow")
+    r = client.post("/api/export", json=cfg)
+    assert r.status_code == 200
+    assert r.json() == {"jobId": "export-flow", "status": "pending",
+                        "message": "Export job created"}
+    final = poll(client, "export-flow")
+    assert final["status"] == "completed" and final["progress"] == 1.0
+    assert final["downloadUrl"] == "/api/export/export-flow/download"
+    # A plain browser GET: no custom headers at all.
+    r = httpx.get(api.base + final["downloadUrl"], timeout=60)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "video/mp4"
+    assert r.headers["content-disposition"] == (
+        "attachment; filename=\"My Podcast _Episode_ 12 _ _.mp4\"; "
+        "filename*=UTF-8''My%20Podcast%20%22Episode%22%2012%20%E2%80%93%20%C3%BC.mp4")
+    assert int(r.headers["content-length"]) == len(r.content)
+    out = tmp_path / "download.mp4"
+    out.write_bytes(r.content)
+    plan = client.post("/api/export/plan", json=cfg).json()
+    cams = {0: media_root.camera("h264_a.mp4"), 1: media_root.camera("h264_b.mp4")}
+    want = [(cams[s["sourceIndex"]], f) for s in plan["segments"]
+            for f in range(s["firstFrame"], s["lastFrame"] + 1)]
+    decoded = mg.decode_video(out)
+    assert decoded.errors == 0 and decoded.stamps == want
+    job_dir = api.root / "exports" / "export-flow"
+    assert json.loads((job_dir / "config.json").read_text())["id"] == "export-flow"
+
+
+def test_range_head_and_etag(api: Api, client: httpx.Client) -> None:
+    client.post("/api/export", json=editor_config("export-range"))
+    final = poll(client, "export-range")
+    url = final["downloadUrl"]
+    full = client.get(url).content
+    head = client.head(url)
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) == len(full)
+    etag = head.headers["etag"]
+    part = client.get(url, headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206
+    assert part.content == full[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(full)}"
+    tail = client.get(url, headers={"Range": "bytes=-50"})
+    assert tail.status_code == 206 and tail.content == full[-50:]
+    stale = client.get(url, headers={"Range": "bytes=0-9", "If-Range": '"not-the-etag"'})
+    assert stale.status_code == 200 and len(stale.content) == len(full)
+    fresh = client.get(url, headers={"Range": "bytes=0-9", "If-Range": etag})
+    assert fresh.status_code == 206 and fresh.content == full[:10]
+
+
+def test_unknown_and_unfinished_downloads_are_404(client: httpx.Client) -> None:
+    r = client.get("/api/export/export-nope/download")
+    assert r.status_code == 404
+    assert r.json() == {"error": "Export not found or not completed"}
+    assert client.get("/api/export/export-nope/status").status_code == 404
+    for bad in ("..%2F..%2Fetc%2Fpasswd", "%2e%2e", "a%00b", "x" * 200):
+        r = client.get(f"/api/export/{bad}/status")
+        assert r.status_code == 404, bad
+
+
+@pytest.mark.parametrize(("mutate", "field", "words"), [
+    (lambda c: c.update(version=2), "version", "version"),
+    (lambda c: c.update(sources=[]), "sources", "sources"),
+    (lambda c: c.update(segments=[]), "segments", "segments"),
+    (lambda c: c["segments"][1].update(sourceIndex=7), "segments[1].sourceIndex", "only 2"),
+    (lambda c: c["segments"][0].update(endTime=0.1), "segments[0].endTime", "greater than"),
+    (lambda c: c["segments"][2].update(endTime=60.0), "segments[2].endTime", "beyond the end"),
+    (lambda c: c.update(id="../../etc"), "id", "letters, digits"),
+    (lambda c: c["sources"][0].update(filePath="missing.mp4"), "sources[0].filePath",
+     "not found"),
+    (lambda c: c["sources"][0].update(filePath="notes.mp4"), "sources[0].filePath",
+     "not a video"),
+    (lambda c: c["sources"][0].update(filePath="truncated.mp4"), "sources[0].filePath",
+     "truncated"),
+    (lambda c: c["output"].update(format="avi"), "output.format", "output.format"),
+])
+def test_validation_errors_name_the_field(client: httpx.Client, mutate: Any, field: str,
+                                          words: str) -> None:
+    cfg = editor_config("export-invalid")
+    mutate(cfg)
+    r = client.post("/api/export", json=cfg)
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert body["error"].startswith("Invalid config: ")
+    assert words in body["error"]
+    assert body.get("field") == field
+    assert client.get("/api/export/export-invalid/status").status_code == 404
+
+
+def test_malformed_bodies(client: httpx.Client, api: Api) -> None:
+    r = client.post("/api/export", content=b"{not json", headers={
+        "content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    r = client.post("/api/export", json=[1, 2])
+    assert r.status_code == 400 and "JSON object" in r.json()["error"]
+    big = b"[" + b"1," * (api.settings.max_body_bytes // 2) + b"1]"
+    r = client.post("/api/export", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../outside.mp4", "link.mp4",
+                                  "sources/../../outside.mp4", "..\\outside.mp4"])
+def test_sources_outside_the_media_root_are_refused(client: httpx.Client, path: str) -> None:
+    cfg = editor_config("export-escape")
+    cfg["sources"][0]["filePath"] = path
+    r = client.post("/api/export", json=cfg)
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == "sources[0].filePath"
+
+
+def test_output_path_cannot_escape_the_job_directory(api: Api, client: httpx.Client) -> None:
+    cfg = editor_config("export-outpath", segments=[(0, 0.0, 1.0)])
+    cfg["output"]["filePath"] = "../../../../tmp/evil.mp4"
+    assert client.post("/api/export", json=cfg).status_code == 200
+    assert poll(client, "export-outpath")["status"] == "completed"
+    assert (api.root / "exports" / "export-outpath" / "output.mp4").is_file()
+    assert not Path("/tmp/evil.mp4").exists()
+
+
+def test_same_id_same_config_is_idempotent_and_different_config_conflicts(
+        client: httpx.Client) -> None:
+    cfg = editor_config("export-twice", segments=[(0, 0.0, 1.0)])
+    assert client.post("/api/export", json=cfg).status_code == 200
+    again = client.post("/api/export", json=cfg)
+    assert again.status_code == 200 and again.json()["jobId"] == "export-twice"
+    other = editor_config("export-twice", segments=[(0, 0.0, 2.0)])
+    r = client.post("/api/export", json=other)
+    assert r.status_code == 409
+    assert "different config" in r.json()["error"]
+
+
+def test_cancel_mid_job(api: Api, client: httpx.Client) -> None:
+    cfg = editor_config("export-stop", segments=[(0, 0.0, 6.0), (1, 0.0, 6.0)],
+                        files=("h264_640.mp4", "h264_a.mp4"), codec="h264")
+    assert client.post("/api/export", json=cfg).status_code == 200
+    deadline = time.monotonic() + 60
+    while client.get("/api/export/export-stop/status").json()["status"] == "pending":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    r = client.delete("/api/export/export-stop")
+    assert r.status_code == 200
+    assert r.json()["jobId"] == "export-stop" and r.json()["status"] == "cancelled"
+    assert client.get("/api/export/export-stop/status").json()["status"] == "cancelled"
+    assert client.get("/api/export/export-stop/download").status_code == 404
+    job_dir = api.root / "exports" / "export-stop"
+    assert sorted(p.name for p in job_dir.iterdir()) == ["config.json", "status.json"]
+
+
+def test_list_events_plan_and_health(client: httpx.Client) -> None:
+    before = {j["jobId"] for j in client.get("/api/export").json()["jobs"]}
+    plan = client.post("/api/export/plan", json=editor_config("export-preflight"))
+    assert plan.status_code == 200
+    body = plan.json()
+    assert [s["frames"] for s in body["segments"]] == [63, 48, 44]
+    assert all(s["copiedFrames"] + s["reencodedFrames"] == s["frames"]
+               for s in body["segments"])
+    assert body["estimatedBytes"] > 0 and body["estimatedSeconds"] > 0
+    after = {j["jobId"] for j in client.get("/api/export").json()["jobs"]}
+    assert after == before  # preflight created nothing
+    assert client.post("/api/export", json=editor_config("export-events")).status_code == 200
+    events = []
+    with client.stream("GET", "/api/export/export-events/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+                if events[-1]["status"] in ("completed", "failed"):
+                    break
+    assert events[-1]["status"] == "completed"
+    progress = [e["progress"] for e in events]
+    assert progress == sorted(progress) and len(events) >= 2
+    done = client.get("/api/export", params={"status": "completed"}).json()["jobs"]
+    assert "export-events" in {j["jobId"] for j in done}
+    assert client.get("/api/export", params={"status": "bogus"}).status_code == 400
+    health = client.get("/api/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert client.get("/openapi.json").json()["paths"]["/api/export"]
+
+
+def test_twenty_submissions_at_once(client: httpx.Client, api: Api) -> None:
+    results: dict[str, int] = {}
+
+    def submit(n: int) -> None:
+        cfg = editor_config(f"export-burst-{n}", segments=[(n % 2, 0.0, 2.0)])
+        cfg["accuracy"] = "keyframe"
+        with api.client() as c:
+            results[cfg["id"]] = c.post("/api/export", json=cfg).status_code
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results.values()) == [200] * 20
+    for job_id in results:
+        assert poll(client, job_id, timeout=300)["status"] == "completed"
+        assert (api.root / "exports" / job_id / "output.mp4").stat().st_size > 0
