@@ -17,7 +17,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from render.config import ExportConfig, parse_config
 from render.engine import Prepared
-from render.errors import RenderError
+from render.errors import ConfigError, RenderError
 
 from .coordinator import COORDINATOR_NAME, STATUS_NAME, Coordinator
 from .errors import ClusterUnavailableError, JobNotFoundError
@@ -25,23 +25,30 @@ from .jobs import JobState, JobStatus
 from .settings import Settings
 from .status import StatusActor
 from .tasks import prepare_task
+from .webhooks import validate_callback_url
 
 log = logging.getLogger("cutfarm.cluster")
 T = TypeVar("T")
 
 
-def ensure_ray(settings: Settings) -> None:
-    """Attach to the configured cluster, or a running local one, or start one."""
+def ensure_ray(settings: Settings) -> bool:
+    """Attach to the configured cluster, or a running one, or start a local one.
+
+    ``ray_address`` "local" always starts a new local cluster. Returns True when this call
+    started a cluster (the caller then owns its shutdown).
+    """
     if ray.is_initialized():
-        return
+        return False
     if settings.ray_address:
         ray.init(address=settings.ray_address, namespace=settings.namespace)
-        return
+        return settings.ray_address == "local"
     try:
         ray.init(address="auto", namespace=settings.namespace)
+        return False
     except ConnectionError:
         log.info("no Ray cluster running; starting a local one")
         ray.init(namespace=settings.namespace)
+        return True
 
 
 class CutfarmCluster:
@@ -80,6 +87,11 @@ class CutfarmCluster:
     async def submit(self, config: dict[str, Any], *, preflight: bool = True) -> JobStatus:
         """Validate (and probe/plan, unless told not to), then queue; returns at once."""
         cfg = parse_config(config)
+        if cfg.callback_url is not None:
+            try:
+                validate_callback_url(cfg.callback_url)
+            except ValueError as exc:
+                raise ConfigError(f"callbackUrl: {exc}", field="callbackUrl") from exc
         if preflight:
             await self.plan(cfg)
         data = cfg.model_dump(mode="json", by_alias=True)

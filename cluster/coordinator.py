@@ -14,6 +14,7 @@ import contextlib
 import heapq
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ from .scheduling import (
 from .settings import Settings
 from .store import JobStore
 from .tasks import audio_task, copy_task, encode_task, prepare_task
+from .webhooks import notify_finished
 
 log = logging.getLogger("cutfarm.coordinator")
 
@@ -50,6 +52,7 @@ CONCAT_ATTEMPTS = 3
 #: Rough size of a re-encoded frame relative to the source's average, for disk estimates.
 ENCODED_FRAME_FACTOR = 2.0
 MESSAGE_INTERVAL = 0.5
+RETENTION_CHECK_SECONDS = 600.0
 
 
 @dataclass
@@ -102,6 +105,7 @@ class Coordinator:
         self.metrics = Metrics()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         # A restarted coordinator must pick its jobs up without waiting for a caller: poke
         # ourselves once the actor is ready to take calls.
         me = ray.get_runtime_context().current_actor
@@ -115,6 +119,7 @@ class Coordinator:
             return len(self.queue) + len(self.running)
         self._wake = asyncio.Event()
         self._loop = asyncio.create_task(self._schedule())
+        self._sweeper = asyncio.create_task(self._retention())
         states = [JobState.PENDING, JobState.PROCESSING]
         for s in await self.status.list.remote(states):
             if s.status == JobState.PROCESSING:
@@ -152,6 +157,7 @@ class Coordinator:
         status = await self.status.update.remote(job_id, {
             "status": JobState.CANCELLED, "stage": "cancelled",
             "message": "Export cancelled"})
+        await notify_finished(job_id, self.status, self.store, self.settings.webhook_secret)
         self._kick()
         return status
 
@@ -161,6 +167,28 @@ class Coordinator:
 
     async def ping(self) -> str:
         return "ok"
+
+    async def sweep(self, now: float | None = None) -> list[str]:
+        """Remove finished exports older than the retention age; returns their ids."""
+        cutoff = (now or time.time()) - self.settings.retention_hours * 3600
+        removed = []
+        for s in await self.status.list.remote([JobState.COMPLETED, JobState.FAILED,
+                                                JobState.CANCELLED]):
+            if s.finished_at is not None and s.finished_at < cutoff:
+                self.store.remove_job(s.job_id)
+                await self.status.forget.remote(s.job_id)
+                removed.append(s.job_id)
+        if removed:
+            log.info("retention removed %d finished exports", len(removed))
+        return removed
+
+    async def _retention(self) -> None:
+        while True:
+            await asyncio.sleep(RETENTION_CHECK_SECONDS)
+            try:
+                await self.sweep()
+            except Exception:  # a failed sweep must not end the loop; the next one retries
+                log.exception("retention sweep failed")
 
     # ------------------------------------------------------------------ scheduling
 
@@ -204,6 +232,8 @@ class Coordinator:
                     ray.kill(run.concat)
             self.running.pop(job_id, None)
             self._kick()
+        # Reached only when this coroutine ended the job; cancel() notifies for its own.
+        await notify_finished(job_id, self.status, self.store, self.settings.webhook_secret)
 
     async def _execute(self, run: _Run) -> None:
         job_id = run.job_id

@@ -117,6 +117,14 @@ class StatusBook:
             self._touch(status)
             self._write(status)
 
+    def add_webhook_attempt(self, job_id: str, attempt: dict[str, Any]) -> None:
+        """Record one webhook delivery attempt (they happen after the job is terminal)."""
+        status = self.jobs.get(job_id)
+        if status is not None:
+            status.webhook_attempts.append(attempt)
+            self._touch(status)
+            self._write(status, force=True)
+
     def forget(self, job_id: str) -> None:
         self.jobs.pop(job_id, None)
         self._report_states()
@@ -187,6 +195,10 @@ class StatusActor:
 
     async def add_placement(self, job_id: str, placement: PiecePlacement) -> None:
         self.book.add_placement(job_id, placement)
+
+    async def add_webhook_attempt(self, job_id: str, attempt: dict[str, Any]) -> None:
+        self.book.add_webhook_attempt(job_id, attempt)
+        self._notify(job_id)
 
     async def get(self, job_id: str) -> JobStatus:
         return self.book.get(job_id)

@@ -59,8 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     root: MediaRoot = settings.media_roots[0]
     (root.path / "sources").mkdir(parents=True, exist_ok=True)
     settings.export_root.mkdir(parents=True, exist_ok=True)
-    started_here = not ray.is_initialized() and not settings.ray_address
-    ensure_ray(settings)
+    started_here = ensure_ray(settings)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(build_app(settings), name="cutfarm", route_prefix="/", blocking=False)
     base = f"http://{settings.host}:{settings.port}"
@@ -171,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", help="bind address (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="HTTP port (default 8000)")
         p.add_argument("--token", help="require this bearer token (CUTFARM_API_TOKEN)")
-        p.add_argument("--ray-address", help="attach to this Ray cluster")
+        p.add_argument("--ray-address",
+                       help="Ray cluster to attach to ('local' always starts a new one; "
+                            "default: a running cluster, else a new local one)")
 
     def client_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", help=f"server URL (default CUTFARM_URL or {DEFAULT_URL})")

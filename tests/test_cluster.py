@@ -22,7 +22,7 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_tasks
 
 from cluster.coordinator import STATUS_NAME
-from cluster.errors import JobConflictError
+from cluster.errors import JobConflictError, JobNotFoundError
 from cluster.jobs import JobState
 from cluster.settings import MediaRoot
 from render.errors import CorruptMediaError, SourceNotFoundError
@@ -291,5 +291,23 @@ def test_restarted_status_actor_loses_no_job(nodes: Nodes, media_root: Media,
                 time.sleep(0.2)
         assert status.status == JobState.COMPLETED
         assert status.download_url == "/api/export/export-keep/download"
+    finally:
+        shutdown_actors(client)
+
+
+def test_retention_removes_only_old_finished_exports(nodes: Nodes, media_root: Media,
+                                                     tmp_path: Path) -> None:
+    link_sources(media_root.root, tmp_path, ["h264_a.mp4"])
+    client = connect((MediaRoot(tmp_path),), retention_hours=1.0)
+    try:
+        client.submit_sync(config("export-old", ["h264_a.mp4"], [(0, 0.0, 1.0)]))
+        assert wait_terminal(client, "export-old").status == JobState.COMPLETED
+        assert ray.get(client.coordinator.sweep.remote()) == []  # not old yet
+        assert (tmp_path / "exports" / "export-old" / "output.mp4").is_file()
+        later = time.time() + 2 * 3600
+        assert ray.get(client.coordinator.sweep.remote(later)) == ["export-old"]
+        assert not (tmp_path / "exports" / "export-old").exists()
+        with pytest.raises(JobNotFoundError):
+            client.get_sync("export-old")
     finally:
         shutdown_actors(client)

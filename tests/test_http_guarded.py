@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import httpx
@@ -12,11 +15,29 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cluster.webhooks import verify_signature
 from tests.conftest import MediaRoot as Media
 from tests.http_support import Api, poll, running_api
 
 TOKEN = "s3cret-token-for-tests"
 ORIGIN = "https://editor.example"
+SECRET = "webhook-secret"
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """Answers 500 to the first delivery and 200 afterwards; keeps what it got."""
+
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(500 if len(self.received) == 1 else 200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +45,8 @@ def api(media_root: Media, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     root = tmp_path_factory.mktemp("guarded-media")
     (root / "sources").mkdir()
     (root / "sources" / "h264_a.mp4").hardlink_to(media_root.sources / "h264_a.mp4")
-    with running_api(root, api_token=TOKEN, cors_origins=(ORIGIN,)) as running:
+    with running_api(root, api_token=TOKEN, cors_origins=(ORIGIN,),
+                     webhook_secret=SECRET) as running:
         yield running
 
 
@@ -80,6 +102,49 @@ def test_cors_for_the_configured_editor_origin(api: Api) -> None:
     other = httpx.options(api.base + "/api/export", headers={
         "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}, timeout=30)
     assert other.headers.get("access-control-allow-origin") != "https://evil.example"
+
+
+def test_webhook_is_signed_and_retried(api: Api) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = config("export-hook")
+        cfg["callbackUrl"] = f"http://127.0.0.1:{server.server_port}/hooks/cutfarm"
+        with api.client(TOKEN) as client:
+            assert client.post("/api/export", json=cfg).status_code == 200
+            assert poll(client, "export-hook")["status"] == "completed"
+        deadline = time.monotonic() + 60
+        while len(Receiver.received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(Receiver.received) == 2
+        (h1, b1), (h2, b2) = Receiver.received
+        assert b1 == b2 and h1["x-cutfarm-delivery"] == h2["x-cutfarm-delivery"]
+        assert h2["x-cutfarm-event"] == "export.completed"
+        assert verify_signature(SECRET, h2["x-cutfarm-timestamp"], b2, h2["x-cutfarm-signature"])
+        assert not verify_signature("other", h2["x-cutfarm-timestamp"], b2,
+                                    h2["x-cutfarm-signature"])
+        payload = json.loads(b2)
+        assert payload["jobId"] == "export-hook" and payload["status"] == "completed"
+        status_file = api.root / "exports" / "export-hook" / "status.json"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            attempts = json.loads(status_file.read_text()).get("webhookAttempts", [])
+            if len(attempts) == 2:
+                break
+            time.sleep(0.1)
+        assert [a["status"] for a in attempts] == [500, 200]
+        assert [a["delivered"] for a in attempts] == [False, True]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_invalid_callback_url_is_refused(api: Api) -> None:
+    cfg = config("export-badhook")
+    cfg["callbackUrl"] = "ftp://example.com/x"
+    with api.client(TOKEN) as client:
+        r = client.post("/api/export", json=cfg)
+    assert r.status_code == 400 and r.json()["field"] == "callbackUrl"
 
 
 # --------------------------------------------------------------------------- fuzzing
