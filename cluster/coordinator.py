@@ -23,7 +23,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError, TaskCancelledE
 
 from render.engine import Prepared
 from render.errors import RenderError
-from render.plan import EncodePiece
+from render.plan import EncodePiece, Plan
 
 from .concat import ConcatActor
 from .errors import AdmissionError
@@ -256,9 +256,9 @@ class Coordinator:
             "frames_total": plan.encode_frames,
             "samples_total": int(plan.duration * prep.audio.sample_rate) if prep.audio else 0,
             "pixels_per_frame": fmt.width * fmt.height,
-            "message": _progress_message(plan, 0)})
+            "message": progress_message(plan, set())})
         refs: list[Any] = [None] * len(plan.pieces)
-        encode_refs = []
+        encode_refs: dict[int, Any] = {}
         where = volume_nodes(ray.nodes())  # type: ignore[no-untyped-call]
         for t in piece_tasks(prep, s, job_id):
             fn = encode_task if t.kind == "encode" else copy_task
@@ -268,7 +268,7 @@ class Coordinator:
             refs[t.index] = ref
             run.refs.append(ref)
             if t.kind == "encode":
-                encode_refs.append(ref)
+                encode_refs[t.index] = ref
         audio_ref = None
         if prep.audio is not None:
             audio_ref = audio_task.options(
@@ -321,18 +321,23 @@ class Coordinator:
                 raise
         raise AssertionError("unreachable")
 
-    async def _report_pieces(self, job_id: str, plan: Any, refs: list[Any]) -> None:
+    async def _report_pieces(self, job_id: str, plan: Plan, refs: dict[int, Any]) -> None:
         """Keep the human message current: 'Re-encoding cut 3 of 12'."""
-        total = len(refs)
-        if total == 0:
+        if not refs:
             return
+        index_of = {ref: i for i, ref in refs.items()}
+        last = ""
         while True:
-            done, _ = ray.wait(refs, num_returns=total, timeout=0, fetch_local=False)
-            await self.status.update.remote(job_id, {
-                "message": _progress_message(plan, len(done))})
-            if len(done) == total:
-                await self.status.update.remote(job_id, {
-                    "message": "Assembling the output", "stage": "assembling"})
+            ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=0,
+                                fetch_local=False)
+            message = progress_message(plan, {index_of[r] for r in ready})
+            if message != last:
+                last = message
+                fields: dict[str, Any] = {"message": message}
+                if len(ready) == len(refs):
+                    fields["stage"] = "assembling"
+                await self.status.update.remote(job_id, fields)
+            if len(ready) == len(refs):
                 return
             await asyncio.sleep(MESSAGE_INTERVAL)
 
@@ -351,9 +356,30 @@ class Coordinator:
                 await run.task
 
 
-def _progress_message(plan: Any, done: int) -> str:
-    encodes = sum(1 for p in plan.pieces if isinstance(p, EncodePiece))
-    if encodes == 0:
+def cut_groups(plan: Plan) -> list[list[int]]:
+    """Encode piece indices grouped by the cut they serve, in output order.
+
+    A segment's head re-encode belongs to the cut where it starts, its tail to the cut
+    where it ends; a whole-segment re-encode to where it starts. In transcode mode every
+    chunk is its own group.
+    """
+    position = {cut.segment: k for k, cut in enumerate(plan.cuts)}
+    groups: dict[int, list[int]] = {}
+    for i, piece in enumerate(plan.pieces):
+        if not isinstance(piece, EncodePiece):
+            continue
+        key = i if plan.transcode else position[piece.segment] + (piece.reason == "tail")
+        groups.setdefault(key, []).append(i)
+    return [groups[k] for k in sorted(groups)]
+
+
+def progress_message(plan: Plan, done: set[int]) -> str:
+    """'Re-encoding cut 3 of 12' (the first cut not finished yet), or what else runs."""
+    groups = cut_groups(plan)
+    if not groups:
         return "Copying video"
+    finished = sum(1 for g in groups if all(i in done for i in g))
+    if finished == len(groups):
+        return "Assembling the output"
     what = "chunk" if plan.transcode else "cut"
-    return f"Re-encoding {what} {min(done + 1, encodes)} of {encodes}"
+    return f"Re-encoding {what} {finished + 1} of {len(groups)}"

@@ -78,7 +78,9 @@ def _placement(status: Any, job_id: str, index: int, kind: str) -> None:
                                                            node_id=_node()))
 
 
-@ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)
+# Zero CPUs: planning reads only the sources' indexes, and a preflight (an HTTP request
+# waiting on it) must not queue behind a busy cluster's re-encodes.
+@ray.remote(num_cpus=0, max_retries=TASK_RETRIES, retry_exceptions=False)
 def prepare_task(config: dict[str, Any], roots: list[str], max_piece_frames: int,
                  max_piece_bytes: int, preset: str) -> Prepared:
     """Validate, probe and plan (reads only the sources' indexes)."""

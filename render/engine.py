@@ -327,9 +327,11 @@ def describe_plan(prep: Prepared) -> list[str]:
             f"+ {float(cut.duration):.3f}s, output at {float(cut.out_start):.3f}s; "
             f"time base {tb})"
         )
-        lines.extend(f"    {t}" for t in by_seg.get(cut.segment, []))
-    if plan.transcode:
-        lines.extend(f"    {t}" for t in by_seg.get(plan.cuts[0].segment, [])[:0])
+        if not plan.transcode:
+            lines.extend(f"    {t}" for t in by_seg.get(cut.segment, []))
+    if plan.transcode:  # chunks span segments: list them once, after the segments
+        lines.append("chunks (every frame re-encoded on the output grid):")
+        lines.extend(f"    {t}" for texts in by_seg.values() for t in texts)
     for seg in plan.dropped_segments:
         lines.append(f"segment {seg}: dropped (shorter than the keyframe spacing)")
     lines.append(

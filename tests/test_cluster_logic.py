@@ -1,0 +1,120 @@
+"""The cluster's plain logic without Ray: status book, scheduling, messages, estimates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from ray.exceptions import RayActorError
+
+from cluster.coordinator import cut_groups, estimate_output_bytes, failure_message, progress_message
+from cluster.errors import AdmissionError, JobConflictError, JobNotFoundError
+from cluster.jobs import JobState, config_hash
+from cluster.scheduling import piece_tasks, placement, volume_nodes
+from cluster.settings import MediaRoot, Settings, SettingsError, to_env
+from cluster.status import StatusBook
+from cluster.store import JobStore
+from render.config import parse_config
+from render.engine import prepare
+from render.errors import CorruptMediaError
+from render.plan import CopyPiece, EncodePiece
+from tests.conftest import MediaRoot as Media
+
+CFG = {"version": 1, "id": "export-logic", "sources": [{"filePath": "h264_a.mp4"},
+                                                      {"filePath": "h264_b.mp4"}],
+       "segments": [{"sourceIndex": 0, "startTime": 0.4, "endTime": 2.5},
+                    {"sourceIndex": 1, "startTime": 2.5, "endTime": 4.1}],
+       "output": {}}
+
+
+def test_status_book_is_idempotent_final_and_reloads(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "exports")
+    book = StatusBook(store)
+    status, created = book.create("export-1", CFG, 0)
+    assert created and status.status == JobState.PENDING and status.seq == 1
+    again, created = book.create("export-1", dict(CFG, status="processing"), 0)
+    assert not created and again.seq == 1  # the editor's status field is ignored
+    with pytest.raises(JobConflictError):
+        book.create("export-1", dict(CFG, projectName="other"), 0)
+    book.update("export-1", status=JobState.PROCESSING, bytes_total=1000, frames_total=0,
+                pixels_per_frame=1)
+    book.add_work("export-1", bytes_=500)
+    assert 0.4 < book.get("export-1").progress < 0.6
+    book.update("export-1", status=JobState.COMPLETED, message="Export complete")
+    book.update("export-1", status=JobState.FAILED, error="late")  # terminal is final
+    book.add_work("export-1", bytes_=10)
+    done = book.get("export-1")
+    assert done.status == JobState.COMPLETED and done.progress == 1.0 and done.error is None
+    on_disk = json.loads((tmp_path / "exports" / "export-1" / "status.json").read_text())
+    assert on_disk["status"] == "completed" and on_disk["jobId"] == "export-1"
+    reloaded = StatusBook(store)
+    assert reloaded.get("export-1").status == JobState.COMPLETED
+    assert reloaded.create("export-2", CFG, 0)[0].seq == 2
+    with pytest.raises(JobNotFoundError):
+        reloaded.get("export-3")
+    with pytest.raises(JobNotFoundError):
+        store.job_dir("../etc")
+
+
+def test_config_hash_ignores_status_only() -> None:
+    assert config_hash(CFG) == config_hash(dict(CFG, status="completed"))
+    assert config_hash(CFG) != config_hash(dict(CFG, id="export-other"))
+
+
+def test_settings_from_env_and_back() -> None:
+    env = {"CUTFARM_MEDIA_ROOTS": "/data/media,/mnt/cam=disk-a", "CUTFARM_PORT": "9000",
+           "CUTFARM_API_TOKEN": "t", "CUTFARM_CORS_ORIGINS": "https://a, https://b"}
+    s = Settings.from_env(env)
+    assert s.media_roots == (MediaRoot(Path("/data/media")), MediaRoot(Path("/mnt/cam"),
+                                                                       "disk-a"))
+    assert s.port == 9000 and s.api_token == "t" and s.cors_origins == ("https://a",
+                                                                        "https://b")
+    assert Settings.from_env(to_env(s)) == s
+    with pytest.raises(SettingsError, match="CUTFARM_PORT"):
+        Settings.from_env({"CUTFARM_PORT": "http"})
+    with pytest.raises(SettingsError, match="volume"):
+        Settings.from_env({"CUTFARM_MEDIA_ROOTS": "/x=Bad Name"})
+
+
+def test_locality_options() -> None:
+    n1, n2, n3 = ("a1" * 28, "b2" * 28, "c3" * 28)
+    nodes = [{"NodeID": n1, "Alive": True, "Labels": {"cutfarm.io/media-disk-a": "true"}},
+             {"NodeID": n2, "Alive": True, "Labels": {"cutfarm.io/media-disk-a": "true"}},
+             {"NodeID": n3, "Alive": False, "Labels": {"cutfarm.io/media-disk-b": "true"}}]
+    where = volume_nodes(nodes)
+    assert where == {"disk-a": [n1, n2]}
+    assert placement(None, where) == {}
+    a0 = placement("disk-a", where, 0)["scheduling_strategy"]
+    a1 = placement("disk-a", where, 1)["scheduling_strategy"]
+    assert {a0.node_id, a1.node_id} == {n1, n2} and a0.soft
+    dead = placement("disk-b", where)
+    assert dead["label_selector"] == {"cutfarm.io/media-disk-b": "true"}
+
+
+def test_pieces_messages_and_estimates(media_root: Media) -> None:
+    prep = prepare(parse_config(CFG), [media_root.root])
+    plan = prep.plan
+    groups = cut_groups(plan)
+    # Cut 0 (edit-in: head of segment 0), cut 1 (tail of 0 + head of 1), cut 2 (tail of 1).
+    assert len(groups) == 3
+    assert progress_message(plan, set()) == "Re-encoding cut 1 of 3"
+    assert progress_message(plan, set(groups[0])) == "Re-encoding cut 2 of 3"
+    everything = {i for g in groups for i in g}
+    assert progress_message(plan, everything) == "Assembling the output"
+    est = estimate_output_bytes(prep)
+    assert est > plan.copy_bytes
+    settings = Settings(media_roots=(MediaRoot(media_root.root),))
+    tasks = piece_tasks(prep, settings, "export-logic")
+    assert [t.index for t in tasks] == [i for i, p in enumerate(plan.pieces)
+                                        if isinstance(p, EncodePiece)]
+    assert all(t.name.startswith("export-logic:seg") for t in tasks)
+    assert any(isinstance(p, CopyPiece) for p in plan.pieces)
+
+
+def test_failure_messages_are_sentences() -> None:
+    assert failure_message(CorruptMediaError("source file 'a.mp4' is truncated")) == (
+        "source file 'a.mp4' is truncated")
+    assert "disk" in failure_message(AdmissionError("not enough disk space"))
+    assert "worker stopped" in failure_message(RayActorError())
+    assert "unexpectedly" in failure_message(KeyError("x"))
