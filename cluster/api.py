@@ -22,9 +22,9 @@ from render.errors import ConfigError, RenderError
 from .coordinator import COORDINATOR_NAME, STATUS_NAME, Coordinator
 from .errors import ClusterUnavailableError, JobNotFoundError
 from .jobs import JobState, JobStatus
+from .planning import plan_job
 from .settings import Settings
 from .status import StatusActor
-from .tasks import prepare_task
 from .webhooks import validate_callback_url
 
 log = logging.getLogger("cutfarm.cluster")
@@ -70,6 +70,7 @@ class CutfarmCluster:
         coordinator = Coordinator.options(  # type: ignore[attr-defined]
             name=COORDINATOR_NAME, namespace=ns, lifetime="detached", get_if_exists=True,
         ).remote(settings)
+        ray.get(coordinator.configure.remote(settings))
         ray.get(coordinator.start.remote())
         return cls(settings, status, coordinator)
 
@@ -78,18 +79,16 @@ class CutfarmCluster:
     async def plan(self, config: dict[str, Any] | ExportConfig) -> Prepared:
         """Validate and plan without creating a job (preflight)."""
         cfg = config if isinstance(config, ExportConfig) else parse_config(config)
-        s = self.settings
-        ref = prepare_task.options(name=f"{cfg.id}:preflight").remote(
-            cfg.model_dump(mode="json", by_alias=True), [str(p) for p in s.root_paths],
-            s.max_piece_frames, s.max_piece_bytes, s.preset)
-        return await _unwrap(ref)
+        data = cfg.model_dump(mode="json", by_alias=True)
+        return await _unwrap(plan_job(data, self.settings, f"{cfg.id}:preflight"))
 
     async def submit(self, config: dict[str, Any], *, preflight: bool = True) -> JobStatus:
         """Validate (and probe/plan, unless told not to), then queue; returns at once."""
         cfg = parse_config(config)
         if cfg.callback_url is not None:
             try:
-                validate_callback_url(cfg.callback_url)
+                validate_callback_url(cfg.callback_url,
+                                      allow_private=self.settings.webhook_allow_private)
             except ValueError as exc:
                 raise ConfigError(f"callbackUrl: {exc}", field="callbackUrl") from exc
         if preflight:

@@ -15,13 +15,19 @@ from typing import Any
 import ray
 
 from render.engine import Prepared
+from render.errors import OutputError
 from render.mux import assemble
 
 from .tasks import PieceResult, _placement, _Reporter
 
 
 class _RefPieces:
-    """PieceSource over Ray object refs; fetches each piece once, when the muxer needs it."""
+    """PieceSource over Ray object refs; waits for each piece when the muxer reaches it.
+
+    Encoded pieces arrive as files on the shared work dir (or as bytes, written to one);
+    each file is deleted as soon as the muxer has consumed it, so a job's pieces never all
+    sit on disk beside its output.
+    """
 
     def __init__(self, refs: list[Any], work: Path) -> None:
         self.refs = refs
@@ -29,23 +35,37 @@ class _RefPieces:
         self.files: dict[int, Path] = {}
 
     def _fetch(self, index: int) -> PieceResult:
-        ref = self.refs[index]
-        result: PieceResult = ray.get(ref)
-        self.refs[index] = None  # let the object store free it once we are done
+        result: PieceResult = ray.get(self.refs[index])
         return result
 
     def encoded(self, index: int) -> Path:
         path = self.files.get(index)
         if path is None:
-            path = self.work / f"piece-{index:05d}"
-            self._fetch(index).data.tofile(path)
+            result = self._fetch(index)
+            if result.path is not None:
+                path = Path(result.path)
+                if not path.exists():
+                    # Pieces are deleted once muxed; only a second muxing pass (a too-small
+                    # index reservation) asks again. Fail clearly rather than write garbage.
+                    raise OutputError("a re-encoded piece was needed twice; please retry")
+            else:
+                assert result.data is not None
+                path = self.work / f"piece-{index:05d}"
+                result.data.tofile(path)
             self.files[index] = path
         return path
 
     def copied(self, index: int) -> bytes | None:
         if self.refs[index] is None:
             return None
-        return self._fetch(index).data.tobytes()
+        data = self._fetch(index).data
+        assert data is not None
+        return data.tobytes()
+
+    def release(self, index: int) -> None:
+        path = self.files.pop(index, None)
+        if path is not None:
+            path.unlink(missing_ok=True)
 
 
 @ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)
@@ -61,13 +81,18 @@ class ConcatActor:
         report = _Reporter(status, job_id)
         out = Path(out_path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".cutfarm-concat-", dir=out.parent) as tmp:
+        # Inside the job's work/ folder, which the coordinator removes whatever happens (a
+        # killed actor never runs this block's cleanup).
+        work_root = out.parent / "work"
+        work_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="concat-", dir=work_root) as tmp:
             work = Path(tmp)
             audio = None
             if audio_refs:
                 assert prep.audio is not None
                 apath = work / "audio"
                 result: PieceResult = ray.get(audio_refs[0])
+                assert result.data is not None
                 result.data.tofile(apath)
                 audio = (apath, prep.audio)
             assemble(prep.plan, prep.sources, _RefPieces(list(refs), work), audio, out,

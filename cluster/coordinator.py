@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError, TaskCancelledError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from render.engine import Prepared
 from render.errors import RenderError
@@ -29,6 +29,7 @@ from .concat import ConcatActor
 from .errors import AdmissionError
 from .jobs import JobState, JobStatus
 from .metrics import Metrics
+from .planning import plan_job
 from .scheduling import (
     AUDIO_MEMORY,
     CONCAT_MEMORY,
@@ -40,7 +41,7 @@ from .scheduling import (
 )
 from .settings import Settings
 from .store import JobStore
-from .tasks import audio_task, copy_task, encode_task, prepare_task
+from .tasks import audio_task, copy_task, encode_task
 from .webhooks import notify_finished
 
 log = logging.getLogger("cutfarm.coordinator")
@@ -53,6 +54,8 @@ CONCAT_ATTEMPTS = 3
 ENCODED_FRAME_FACTOR = 2.0
 MESSAGE_INTERVAL = 0.5
 RETENTION_CHECK_SECONDS = 600.0
+#: A job interrupted by this many coordinator restarts fails instead of running again.
+MAX_RESTARTS = 3
 
 
 @dataclass
@@ -65,16 +68,21 @@ class _Run:
     cancelled: bool = False
 
 
+def estimate_encoded_bytes(prep: Prepared) -> int:
+    """Re-encoded frames at twice the largest source's mean frame size."""
+    frames = prep.plan.encode_frames
+    if not frames:
+        return 0
+    sizes = [int(s.video.index.size.mean()) for s in prep.sources.values()
+             if s.video.index.count]
+    per_frame = max(sizes) if sizes else 200_000
+    return int(frames * per_frame * ENCODED_FRAME_FACTOR)
+
+
 def estimate_output_bytes(prep: Prepared) -> int:
-    """Copied bytes + re-encoded frames at twice the source's mean frame size + audio."""
+    """Copied bytes + re-encoded frames + audio."""
     plan = prep.plan
-    total = plan.copy_bytes
-    frames = plan.encode_frames
-    if frames:
-        sizes = [int(s.video.index.size.mean()) for s in prep.sources.values()
-                 if s.video.index.count]
-        per_frame = max(sizes) if sizes else 200_000
-        total += int(frames * per_frame * ENCODED_FRAME_FACTOR)
+    total = plan.copy_bytes + estimate_encoded_bytes(prep)
     if prep.audio is not None:
         total += int(plan.duration * prep.audio.bit_rate / 8)
     return total + (1 << 20)
@@ -106,6 +114,8 @@ class Coordinator:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._ready: asyncio.Event | None = None
+        self._starting: asyncio.Lock | None = None
         # A restarted coordinator must pick its jobs up without waiting for a caller: poke
         # ourselves once the actor is ready to take calls.
         me = ray.get_runtime_context().current_actor
@@ -114,36 +124,70 @@ class Coordinator:
     # ------------------------------------------------------------------ public
 
     async def start(self) -> int:
-        """Idempotent: reload queued/running jobs and start the scheduler loop."""
-        if self._loop is not None:
+        """Idempotent: reload queued/running jobs and start the scheduler loop.
+
+        Every other method waits for this to finish, so nothing (a cancel, a submit) can
+        interleave with the reload. A reload that fails is retried by the next call.
+        """
+        if self._ready is not None and self._ready.is_set():
             return len(self.queue) + len(self.running)
-        self._wake = asyncio.Event()
-        self._loop = asyncio.create_task(self._schedule())
-        self._sweeper = asyncio.create_task(self._retention())
-        states = [JobState.PENDING, JobState.PROCESSING]
-        for s in await self.status.list.remote(states):
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+            self._ready = asyncio.Event()
+        async with self._starting:
+            assert self._ready is not None
+            if self._ready.is_set():
+                return len(self.queue)
+            await self._reload()
+            self._wake = asyncio.Event()
+            self._loop = asyncio.create_task(self._schedule())
+            self._sweeper = asyncio.create_task(self._retention())
+            self._ready.set()
+        self._kick()
+        return len(self.queue)
+
+    async def _reload(self) -> None:
+        queue: list[tuple[int, int, str]] = []
+        for s in await self.status.list.remote([JobState.PENDING, JobState.PROCESSING]):
             if s.status == JobState.PROCESSING:
-                # Its pieces were owned by a coordinator that is gone: run it again.
-                self.store.remove_outputs(s.job_id)
+                # Its pieces were owned by a coordinator that is gone: run it again, a
+                # bounded number of times (a job that keeps killing us must not loop).
+                await asyncio.to_thread(self.store.remove_outputs, s.job_id)
+                if s.attempts + 1 > MAX_RESTARTS:
+                    await self.status.update.remote(s.job_id, {
+                        "status": JobState.FAILED, "stage": "failed",
+                        "message": "Export failed",
+                        "error": f"the export was interrupted {MAX_RESTARTS} times and was "
+                                 "stopped; please try again"})
+                    continue
                 await self.status.update.remote(s.job_id, {
                     "status": JobState.PENDING, "stage": "queued", "progress": 0.0,
                     "message": "Restarting after an interruption", "bytes_done": 0,
                     "frames_done": 0, "samples_done": 0, "attempts": s.attempts + 1,
                     "pieces": []})
-            heapq.heappush(self.queue, (-s.priority, s.seq, s.job_id))
+            heapq.heappush(queue, (-s.priority, s.seq, s.job_id))
+        self.queue = queue
+
+    async def configure(self, settings: Settings) -> None:
+        """Take new settings (limits, retention, secrets) without a restart."""
+        self.settings = settings
+        self.store = JobStore(settings.export_root)
         self._kick()
-        return len(self.queue)
 
     async def submit(self, job_id: str, config: dict[str, Any], priority: int) -> JobStatus:
         await self.start()
         status: JobStatus
-        status, created = await self.status.create.remote(job_id, config, priority)
-        if created:
+        status, _ = await self.status.create.remote(job_id, config, priority)
+        # Queue by state, not by "created": a retried create (status actor restarted after
+        # writing the job) answers created=False for a job nobody has queued yet.
+        queued = any(q[2] == job_id for q in self.queue) or job_id in self.running
+        if status.status == JobState.PENDING and not queued:
             heapq.heappush(self.queue, (-priority, status.seq, job_id))
             self._kick()
         return status
 
     async def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a pending or running job; a finished job is left as it is."""
         await self.start()
         status: JobStatus = await self.status.get.remote(job_id)
         if status.status.terminal:
@@ -153,10 +197,13 @@ class Coordinator:
         run = self.running.get(job_id)
         if run is not None:
             await self._stop(run)
-        self.store.remove_outputs(job_id)
         status = await self.status.update.remote(job_id, {
             "status": JobState.CANCELLED, "stage": "cancelled",
             "message": "Export cancelled"})
+        if status.status != JobState.CANCELLED:
+            # It finished while we were stopping it: its output stays.
+            return status
+        await asyncio.to_thread(self.store.remove_outputs, job_id)
         await notify_finished(job_id, self.status, self.store, self.settings.webhook_secret)
         self._kick()
         return status
@@ -175,7 +222,7 @@ class Coordinator:
         for s in await self.status.list.remote([JobState.COMPLETED, JobState.FAILED,
                                                 JobState.CANCELLED]):
             if s.finished_at is not None and s.finished_at < cutoff:
-                self.store.remove_job(s.job_id)
+                await asyncio.to_thread(self.store.remove_job, s.job_id)
                 await self.status.forget.remote(s.job_id)
                 removed.append(s.job_id)
         if removed:
@@ -216,17 +263,20 @@ class Coordinator:
         try:
             await self._execute(run)
         except asyncio.CancelledError:
-            return
+            if run.cancelled:
+                return
+            raise
         except BaseException as exc:
-            if run.cancelled or isinstance(exc, TaskCancelledError):
+            if run.cancelled:
                 return
             log.warning("job %s failed: %r", job_id, exc)
-            self.store.remove_outputs(job_id)
+            self._cancel_refs(run)  # no piece of a failed job keeps a CPU busy
+            await asyncio.to_thread(self.store.remove_outputs, job_id)
             await self.status.update.remote(job_id, {
                 "status": JobState.FAILED, "stage": "failed", "error": failure_message(exc),
                 "message": "Export failed"})
         finally:
-            self.store.remove_work(job_id)
+            await asyncio.to_thread(self.store.remove_work, job_id)
             if run.concat is not None:
                 with contextlib.suppress(Exception):
                     ray.kill(run.concat)
@@ -238,16 +288,19 @@ class Coordinator:
     async def _execute(self, run: _Run) -> None:
         job_id = run.job_id
         s = self.settings
-        await self.status.update.remote(job_id, {
+        started: JobStatus = await self.status.update.remote(job_id, {
             "status": JobState.PROCESSING, "stage": "planning",
             "message": "Planning the export"})
-        config = self.store.read_config(job_id)
-        plan_ref = prepare_task.options(name=f"{job_id}:plan").remote(
-            config, [str(p) for p in s.root_paths], s.max_piece_frames, s.max_piece_bytes,
-            s.preset)
-        run.refs.append(plan_ref)
-        prep: Prepared = await plan_ref
-        self._admit(run, prep)
+        if started.status != JobState.PROCESSING:
+            return  # cancelled (or otherwise ended) while it waited in the queue
+        config = await asyncio.to_thread(self.store.read_config, job_id)
+        prep = await plan_job(config, s, job_id)
+        await asyncio.to_thread(self._admit, run, prep)
+        work: str | None = None
+        if s.media_roots[0].volume is None:  # exports are shared: pieces go there as files
+            work_path = self.store.work_dir(job_id)
+            await asyncio.to_thread(work_path.mkdir, parents=True, exist_ok=True)
+            work = str(work_path)
         prep_ref = ray.put(prep)
         plan = prep.plan
         fmt = plan.out_format
@@ -259,12 +312,16 @@ class Coordinator:
             "message": progress_message(plan, set())})
         refs: list[Any] = [None] * len(plan.pieces)
         encode_refs: dict[int, Any] = {}
-        where = volume_nodes(ray.nodes())  # type: ignore[no-untyped-call]
+        where = await asyncio.to_thread(volume_nodes, ray.nodes())  # type: ignore[no-untyped-call]
         for t in piece_tasks(prep, s, job_id):
-            fn = encode_task if t.kind == "encode" else copy_task
-            ref = fn.options(name=t.name, num_cpus=t.num_cpus, memory=t.memory,
-                             **placement(t.volume, where, t.index)).remote(
-                prep_ref, t.index, job_id, self.status)
+            options = {"name": t.name, "num_cpus": t.num_cpus, "memory": t.memory,
+                       **placement(t.volume, where, t.index)}
+            if t.kind == "encode":
+                ref = encode_task.options(**options).remote(prep_ref, t.index, job_id,
+                                                            self.status, work)
+            else:
+                ref = copy_task.options(**options).remote(prep_ref, t.index, job_id,
+                                                          self.status)
             refs[t.index] = ref
             run.refs.append(ref)
             if t.kind == "encode":
@@ -285,8 +342,12 @@ class Coordinator:
             "download_url": f"/api/export/{job_id}/download", "output_bytes": size})
 
     def _admit(self, run: _Run, prep: Prepared) -> None:
-        """Fail early when the output cannot fit beside the other running jobs' outputs."""
-        need = estimate_output_bytes(prep)
+        """Fail early when the output cannot fit beside the other running jobs' outputs.
+
+        Re-encoded pieces wait on the export volume until the concat actor consumes them,
+        which in the worst case (every piece done first) doubles their share.
+        """
+        need = estimate_output_bytes(prep) + estimate_encoded_bytes(prep)
         others = sum(r.reserved_bytes for r in self.running.values() if r is not run)
         free = self.store.free_bytes() - others - self.settings.disk_headroom_bytes
         if need > free:
@@ -341,12 +402,15 @@ class Coordinator:
                 return
             await asyncio.sleep(MESSAGE_INTERVAL)
 
-    async def _stop(self, run: _Run) -> None:
-        """Stop a running job's work: tasks killed, concat actor killed, coroutine ended."""
-        run.cancelled = True
+    def _cancel_refs(self, run: _Run) -> None:
         for ref in run.refs:
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)
+
+    async def _stop(self, run: _Run) -> None:
+        """Stop a running job's work: tasks killed, concat actor killed, coroutine ended."""
+        run.cancelled = True
+        self._cancel_refs(run)
         if run.concat is not None:
             with contextlib.suppress(Exception):
                 ray.kill(run.concat)

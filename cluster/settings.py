@@ -63,6 +63,8 @@ class Settings:
     max_piece_bytes: int = DEFAULT_MAX_PIECE_BYTES
     retention_hours: float = DEFAULT_RETENTION_HOURS
     webhook_secret: str | None = None
+    #: Let callback URLs point at loopback/private/link-local addresses (off: SSRF guard).
+    webhook_allow_private: bool = False
     preset: str = DEFAULT_PRESET
     #: Free disk kept in reserve beyond a job's estimated output size.
     disk_headroom_bytes: int = 512 << 20
@@ -108,6 +110,8 @@ class Settings:
                                  1 << 20, 1 << 40),
             retention_hours=_float(env, "CUTFARM_RETENTION_HOURS", DEFAULT_RETENTION_HOURS),
             webhook_secret=get("CUTFARM_WEBHOOK_SECRET") or None,
+            webhook_allow_private=get("CUTFARM_WEBHOOK_ALLOW_PRIVATE", "").lower()
+            in ("1", "true", "yes"),
             preset=get("CUTFARM_PRESET", DEFAULT_PRESET),
         )
 
@@ -132,6 +136,8 @@ def to_env(settings: Settings) -> dict[str, str]:
         env["CUTFARM_API_TOKEN"] = settings.api_token
     if settings.webhook_secret:
         env["CUTFARM_WEBHOOK_SECRET"] = settings.webhook_secret
+    if settings.webhook_allow_private:
+        env["CUTFARM_WEBHOOK_ALLOW_PRIVATE"] = "1"
     if settings.ray_address:
         env["CUTFARM_RAY_ADDRESS"] = settings.ray_address
     return env

@@ -74,10 +74,8 @@ class StatusBook:
     def update(self, job_id: str, **fields: Any) -> JobStatus:
         status = self.get(job_id)
         state = fields.get("status")
-        if status.status.terminal and state is None:
-            return status  # late progress from a task of a finished job
-        if status.status.terminal and state is not None and state != JobState.PENDING:
-            return status  # a terminal state is final, except an explicit restart
+        if status.status.terminal:
+            return status  # a terminal state is final
         before = status.status
         for key, value in fields.items():
             setattr(status, key, value)
@@ -148,7 +146,7 @@ class StatusBook:
         if not force and now - self._written.get(s.job_id, 0.0) < PROGRESS_WRITE_INTERVAL:
             return
         self._written[s.job_id] = now
-        self.store.write_status(s)
+        self.store.write_status(s, durable=force)
 
     def flush(self) -> None:
         for s in self.jobs.values():

@@ -24,7 +24,9 @@ import ray
 from render.audio import render_audio
 from render.config import parse_config
 from render.encode import encode_piece
-from render.engine import Prepared, prepare
+from render.engine import Prepared, probe_source
+from render.errors import RenderError
+from render.media import SourceInfo
 from render.mux import read_copy_piece
 from render.plan import EncodePiece
 
@@ -34,13 +36,17 @@ Bytes = npt.NDArray[np.uint8]
 #: How often a task reports progress to the status actor.
 REPORT_INTERVAL = 0.5
 TASK_RETRIES = 3
+PROBE_MEMORY = 256 << 20
 
 
 @dataclass(frozen=True)
 class PieceResult:
+    """A finished piece: its bytes in the object store, or a file on the shared work dir."""
+
     index: int
-    data: Bytes
+    data: Bytes | None
     node_id: str
+    path: str | None = None
 
 
 class _Reporter:
@@ -78,24 +84,42 @@ def _placement(status: Any, job_id: str, index: int, kind: str) -> None:
                                                            node_id=_node()))
 
 
-# Zero CPUs: planning reads only the sources' indexes, and a preflight (an HTTP request
-# waiting on it) must not queue behind a busy cluster's re-encodes.
-@ray.remote(num_cpus=0, max_retries=TASK_RETRIES, retry_exceptions=False)
-def prepare_task(config: dict[str, Any], roots: list[str], max_piece_frames: int,
-                 max_piece_bytes: int, preset: str) -> Prepared:
-    """Validate, probe and plan (reads only the sources' indexes)."""
-    return prepare(parse_config(config), [Path(r) for r in roots],
-                   max_piece_frames=max_piece_frames, max_piece_bytes=max_piece_bytes,
-                   preset=preset)
+# Zero CPUs: probing reads only the sources' indexes, and a preflight (an HTTP request
+# waiting on it) must not queue behind a busy cluster's re-encodes. The memory bound keeps
+# a flood of preflights from starting unbounded workers; OOM kills are retried once only.
+@ray.remote(num_cpus=0, memory=PROBE_MEMORY, max_retries=1, retry_exceptions=False)
+def probe_task(config: dict[str, Any], roots: list[str]) -> dict[int, SourceInfo | RenderError]:
+    """Resolve and probe every used source that exists on this node.
+
+    Returns per source its info or the engine's error; sources on node-local volumes are
+    found only by the task running on a node that holds them (see planning.py).
+    """
+    cfg = parse_config(config)
+    out: dict[int, SourceInfo | RenderError] = {}
+    for i in sorted({s.source_index for s in cfg.segments}):
+        try:
+            out[i] = probe_source(cfg, i, [Path(r) for r in roots])
+        except RenderError as exc:
+            out[i] = exc
+    return out
 
 
 @ray.remote(max_retries=TASK_RETRIES, retry_exceptions=False)
-def encode_task(prep: Prepared, index: int, job_id: str, status: Any) -> PieceResult:
+def encode_task(prep: Prepared, index: int, job_id: str, status: Any,
+                work_dir: str | None = None) -> PieceResult:
+    """Re-encode one piece. With a shared ``work_dir`` the piece is written there (no
+    object-store copy); otherwise its bytes travel back through the object store."""
     piece = prep.plan.pieces[index]
     assert isinstance(piece, EncodePiece)
     _placement(status, job_id, index, "encode")
     report = _Reporter(status, job_id)
     settings = prep.settings[index]
+    if work_dir is not None:
+        target = Path(work_dir) / f"piece-{index:05d}"
+        encode_piece(piece, prep.plan, prep.sources, settings, target,
+                     on_frame=lambda: report.add(frames=1))
+        report.flush()
+        return PieceResult(index, None, _node(), str(target))
     with tempfile.TemporaryDirectory(prefix="cutfarm-piece-") as tmp:
         path = encode_piece(piece, prep.plan, prep.sources, settings, Path(tmp) / "piece",
                             on_frame=lambda: report.add(frames=1))

@@ -76,6 +76,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import random
@@ -206,22 +207,27 @@ def verify_signature(secret: str, timestamp: str | int, body: bytes, header: str
 # ---------------------------------------------------------------------- targets
 
 
-def is_allowed_target(host: str) -> bool:
+def is_allowed_target(host: str, *, allow_private: bool = True) -> bool:
     """Whether webhooks may go to ``host`` (lowercase name or IP literal, no port).
 
-    Allows everything. This is the one place to tighten for a deployment that accepts
-    callback URLs from untrusted users (see "SSRF" in the module docstring); for example::
-
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return host.endswith(".hooks.example.com")   # names: an allowlist
-        return ip.is_global                               # literals: no internal ranges
+    With ``allow_private=False`` (the service's default, ``CUTFARM_WEBHOOK_ALLOW_PRIVATE``
+    off) loopback, private, link-local (cloud metadata) and other non-global literals, and
+    ``localhost``, are refused. Names are not resolved here: a name that resolves to an
+    internal address still passes (DNS can change between check and use); deployments that
+    take callback URLs from untrusted users should also restrict egress at the network.
     """
-    return True
+    if allow_private:
+        return True
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return False
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return True
+    return ip.is_global
 
 
-def validate_callback_url(url: str) -> str:
+def validate_callback_url(url: str, *, allow_private: bool = True) -> str:
     """Return ``url`` if it may be used as a callback URL; ValueError saying why if not."""
     if not isinstance(url, str) or not url:
         raise ValueError("callbackUrl is empty; give an http:// or https:// URL")
@@ -246,7 +252,7 @@ def validate_callback_url(url: str) -> str:
         raise ValueError("callbackUrl has no host name")
     if port == 0:
         raise ValueError("callbackUrl has an invalid port")
-    if not is_allowed_target(host):
+    if not is_allowed_target(host, allow_private=allow_private):
         raise ValueError(f"callbackUrl's host {host!r} is not an allowed webhook target")
     return url
 

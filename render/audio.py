@@ -38,6 +38,9 @@ FADE_SECONDS = Fraction(3, 1000)
 #: one frame; Opus 80 ms).
 PREROLL_SECONDS = Fraction(1, 2)
 BLOCK_SAMPLES = 48000
+#: A frame whose timestamp differs from the running sample count by more than this many
+#: milliseconds re-synchronises the count (a gap or overlap in the source).
+RESYNC_MS = 10
 
 
 @dataclass(frozen=True)
@@ -189,10 +192,13 @@ def _decode_span(src: SourceInfo, start: Fraction, n: int, target: AudioTarget) 
             pos: int | None = None
             for frame in _decoded(container, ast):
                 for rf in resampler.resample(frame):
-                    if pos is None:
-                        rtb = rf.time_base or Fraction(1, rate)
-                        t = rf.pts * Fraction(rtb) if rf.pts is not None else Fraction(0)
-                        pos = round((t - stream_origin) * rate)
+                    stamped = _position(rf, stream_origin, rate)
+                    # Follow the stream's own clock when it jumps (a lost packet, a gap in
+                    # the recording) instead of counting samples past it; small jitter from
+                    # the resampler is ignored so the audio stays continuous.
+                    if pos is None or (stamped is not None
+                                       and abs(stamped - pos) > RESYNC_MS * rate // 1000):
+                        pos = stamped if stamped is not None else (pos or 0)
                     arr = rf.to_ndarray().astype(np.float32, copy=False)
                     for block in _take(arr, pos, want + produced, want + n):
                         produced += block.shape[1]
@@ -208,6 +214,14 @@ def _decode_span(src: SourceInfo, start: Fraction, n: int, target: AudioTarget) 
         ) from exc
     if produced < n:  # the audio ends before the picture: pad with silence
         yield from _silence(n - produced, target.channels)
+
+
+def _position(frame: av.AudioFrame, origin: Fraction, rate: int) -> int | None:
+    """Sample number of a frame's first sample on the stream's own clock."""
+    if frame.pts is None:
+        return None
+    tb = Fraction(frame.time_base) if frame.time_base is not None else Fraction(1, rate)
+    return round((frame.pts * tb - origin) * rate)
 
 
 def _take(arr: FloatBlock, pos: int, lo: int, hi: int) -> Iterator[FloatBlock]:
@@ -227,8 +241,8 @@ def _decoded(container: av.container.InputContainer, stream: av.AudioStream) -> 
         try:
             yield from packet.decode()
         except av.error.InvalidDataError:
-            # One damaged packet costs a frame of audio, not the export; the gap is
-            # filled by the sample position bookkeeping above.
+            # One damaged packet costs a frame of audio, not the export: the next frame's
+            # timestamp re-synchronises the position and the hole becomes silence.
             continue
 
 

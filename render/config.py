@@ -126,7 +126,7 @@ def seconds(value: float) -> Fraction:
 
 
 def is_valid_job_id(job_id: str) -> bool:
-    return bool(_JOB_ID_RE.match(job_id))
+    return bool(_JOB_ID_RE.fullmatch(job_id))  # fullmatch: "$" would let a final "\n" in
 
 
 def parse_config(data: Any) -> ExportConfig:

@@ -128,16 +128,17 @@ class _Tracker:
 def probe_sources(config: ExportConfig, media_roots: Sequence[Path]) -> dict[int, SourceInfo]:
     """Probe every source a segment uses (others are never opened)."""
     used = sorted({s.source_index for s in config.segments})
-    out: dict[int, SourceInfo] = {}
-    for i in used:
-        fld = f"sources[{i}].filePath"
-        path = resolve_source(config.sources[i].file_path, media_roots, field=fld)
-        try:
-            out[i] = probe(path)
-        except RenderError as exc:
-            exc.field = exc.field or fld
-            raise
-    return out
+    return {i: probe_source(config, i, media_roots) for i in used}
+
+
+def probe_source(config: ExportConfig, i: int, media_roots: Sequence[Path]) -> SourceInfo:
+    fld = f"sources[{i}].filePath"
+    path = resolve_source(config.sources[i].file_path, media_roots, field=fld)
+    try:
+        return probe(path)
+    except RenderError as exc:
+        exc.field = exc.field or fld
+        raise
 
 
 def prepare(config: ExportConfig, media_roots: Sequence[Path], *,

@@ -18,6 +18,7 @@ proves too small the muxer says so at close and the file is written again with f
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from .sidedata import new_extradata
 
 #: Bytes of moov per sample and per sample entry, with margin over what FFmpeg writes
 #: (about 12 per H.264 sample, 90 per entry plus its record).
-MOOV_PER_SAMPLE = 48
+MOOV_PER_SAMPLE = 64  # FFmpeg writes 12-40; a too-small reservation costs a whole rewrite
 MOOV_BASE = 16384
 #: Parameter sets of our encoders (x265's with its info SEI off is well under this).
 MAX_ENCODER_RECORD = 4096
@@ -70,6 +71,10 @@ class PieceSource(Protocol):
         muxer then reads them from the source file itself)."""
         ...
 
+    def release(self, index: int) -> None:
+        """The muxer is done with piece ``index``: its storage may go."""
+        ...
+
 
 @dataclass(frozen=True)
 class LocalPieces:
@@ -82,6 +87,10 @@ class LocalPieces:
 
     def copied(self, index: int) -> bytes | None:
         return None
+
+    def release(self, index: int) -> None:
+        """Kept: the engine's work folder goes as a whole, and a faststart rewrite needs
+        the pieces again."""
 
 
 def read_copy_piece(plan: Plan, sources: Mapping[int, SourceInfo], index: int) -> bytes:
@@ -137,6 +146,7 @@ def video_packets(
                         check_cancel()
             else:
                 yield from _encoded_packets(plan, piece, pieces.encoded(i))
+                pieces.release(i)
     finally:
         for fh in handles.values():
             fh.close()
@@ -247,7 +257,7 @@ def _write(
         # FFmpeg reports a too-small reservation only in its log ("reserved_moov_size is too
         # small") and as EINVAL from close, after the index has overwritten media data:
         # the file is garbage either way, so write it again without reserving.
-        if reserve:
+        if reserve and getattr(exc, "errno", None) == errno.EINVAL:
             raise _ReservationTooSmall() from exc
         raise OutputError(f"finishing the output file failed: {exc}") from exc
 

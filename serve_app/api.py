@@ -6,9 +6,9 @@ Every handler is async and only awaits actor calls, so a replica never blocks it
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
@@ -16,19 +16,19 @@ from urllib.parse import quote
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from ray.exceptions import RayError
 
 from cluster.api import CutfarmCluster
 from cluster.errors import ClusterError, JobNotFoundError
 from cluster.jobs import JobState, JobStatus
 from cluster.settings import Settings
-from render.config import JOB_ID_PATTERN
+from render.config import is_valid_job_id
 from render.errors import ConfigError, RenderError
 
 from .errors import NOT_FOUND, HTTPProblem, problem_response
 from .security import BodyLimit, check_bearer, check_download, download_url
 
 log = logging.getLogger("cutfarm.http")
-_JOB_ID = re.compile(JOB_ID_PATTERN)
 MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm"}
 #: How long an events stream waits for a change before sending a keep-alive comment.
 EVENT_KEEPALIVE_SECONDS = 15.0
@@ -44,13 +44,15 @@ def create_app(settings: Settings, get_cluster: ClusterProvider) -> FastAPI:
     )
     app.state.settings = settings
     app.state.get_cluster = get_cluster
+    # The last middleware added is the outermost: CORS must wrap the body limit so a 413
+    # still carries CORS headers the browser needs to let the editor read it.
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST", "DELETE", "HEAD", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type", "Range"],
                            expose_headers=["Content-Disposition", "Content-Length", "ETag"])
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    for kind in (HTTPProblem, RenderError, ClusterError):
+    for kind in (HTTPProblem, RenderError, ClusterError, RayError):
         app.add_exception_handler(kind, _problem)
     app.include_router(router)
     return app
@@ -75,7 +77,7 @@ def _cluster(request: Request) -> CutfarmCluster:
 
 
 def _job_id(job_id: str) -> str:
-    if not _JOB_ID.match(job_id):
+    if not is_valid_job_id(job_id):
         raise HTTPProblem(404, NOT_FOUND)
     return job_id
 
@@ -175,11 +177,12 @@ async def export_download(request: Request, job_id: str, expires: str | None = N
         status = await cluster.get(job_id)
     except JobNotFoundError:
         raise HTTPProblem(404, NOT_FOUND) from None
-    path = cluster.output_path(status)
+    path = await asyncio.to_thread(cluster.output_path, status)
     if path is None:
         raise HTTPProblem(404, NOT_FOUND)
     ext = path.suffix.lstrip(".")
-    name = str(cluster_config(cluster, job_id).get("projectName") or job_id)
+    config = await asyncio.to_thread(cluster_config, cluster, job_id)
+    name = str(config.get("projectName") or job_id)
     # FileResponse streams from disk and answers Range/If-Range with 206 by itself.
     return FileResponse(path, media_type=MEDIA_TYPES.get(ext, "application/octet-stream"),
                         headers={"Content-Disposition": content_disposition(name, ext)})

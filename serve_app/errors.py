@@ -9,13 +9,14 @@ field when there is one.
     cluster.JobConflictError                    409  same id, different config
     BodyTooLarge                                413
     cluster.AdmissionError                      507  not enough disk for the export
-    cluster.ClusterUnavailableError             503  Ray or our actors are restarting
+    cluster.ClusterUnavailableError, RayError   503  Ray or our actors are restarting
     any other RenderError / ClusterError        500
 """
 
 from __future__ import annotations
 
 from fastapi.responses import JSONResponse
+from ray.exceptions import RayError
 
 from cluster.errors import (
     AdmissionError,
@@ -62,4 +63,6 @@ def _map(exc: Exception) -> tuple[int, dict[str, str]]:
         return 503, {"error": str(exc)}
     if isinstance(exc, RenderError | ClusterError):
         return 500, {"error": str(exc)}
+    if isinstance(exc, RayError):
+        return 503, {"error": "The export service is busy or restarting; please try again"}
     return 500, {"error": "Internal error; the export service logged the details"}

@@ -58,7 +58,7 @@ def check_download(token: str | None, job_id: str, authorization: str | None,
             raise HTTPProblem(401, "Invalid download link") from None
         if exp < time.time():
             raise HTTPProblem(401, "This download link has expired; fetch the status again")
-        if hmac.compare_digest(sig, _signature(token, job_id, exp)):
+        if hmac.compare_digest(sig.encode(), _signature(token, job_id, exp).encode()):
             return
         raise HTTPProblem(401, "Invalid download link")
     check_bearer(token, authorization)

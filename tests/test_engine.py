@@ -382,3 +382,37 @@ def test_recutting_an_export_with_several_sample_descriptions(media_root: MediaR
     check_frames(final, expected)
     assert check_copied_bytes(final, prep) > 0
     check_timestamps(final, prep)
+
+
+def _drop_audio_packet(src: Path, dst: Path, at_seconds: float) -> None:
+    """Remux ``src`` without the audio packet that plays at ``at_seconds``."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4") as out:
+        v_in, a_in = inp.streams.video[0], inp.streams.audio[0]
+        v_out = out.add_stream_from_template(v_in)
+        a_out = out.add_stream_from_template(a_in)
+        dropped = False
+        for packet in inp.demux(v_in, a_in):
+            if packet.dts is None:
+                continue
+            if packet.stream is a_in:
+                t = float(packet.pts * packet.time_base)
+                if not dropped and t >= at_seconds:
+                    dropped = True
+                    continue
+                packet.stream = a_out
+            else:
+                packet.stream = v_out
+            out.mux(packet)
+
+
+def test_a_lost_audio_packet_does_not_shift_later_audio(media_root: MediaRoot,
+                                                        tmp_path: Path) -> None:
+    root = tmp_path / "media"
+    (root / "sources").mkdir(parents=True)
+    _drop_audio_packet(media_root.sources / "h264_a.mp4", root / "sources" / "lossy.mp4", 2.5)
+    prep = prepare(parse_config(make_config(["lossy.mp4"], [(0, 0.2, 5.5)])), [root])
+    out = tmp_path / "out.mp4"
+    execute(prep, out)
+    worst, clicks = check_audio_sync(out, prep, {0: media_root.media["h264_a.mp4"]})
+    assert clicks >= 3  # the clicks at 3, 4 and 5 s come after the lost packet
+    assert worst < 0.002, worst

@@ -169,6 +169,17 @@ def test_sources_outside_the_media_root_are_refused(client: httpx.Client, path: 
     assert r.json()["field"] == "sources[0].filePath"
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://localhost/x",
+                                 "http://169.254.169.254/latest/meta-data", "http://[::1]/x",
+                                 "http://10.0.0.8/x"])
+def test_callbacks_to_internal_addresses_are_refused_by_default(client: httpx.Client,
+                                                                url: str) -> None:
+    cfg = editor_config("export-ssrf")
+    cfg["callbackUrl"] = url
+    r = client.post("/api/export", json=cfg)
+    assert r.status_code == 400 and r.json()["field"] == "callbackUrl"
+
+
 def test_output_path_cannot_escape_the_job_directory(api: Api, client: httpx.Client) -> None:
     cfg = editor_config("export-outpath", segments=[(0, 0.0, 1.0)])
     cfg["output"]["filePath"] = "../../../../tmp/evil.mp4"

@@ -46,7 +46,7 @@ def api(media_root: Media, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     (root / "sources").mkdir()
     (root / "sources" / "h264_a.mp4").hardlink_to(media_root.sources / "h264_a.mp4")
     with running_api(root, api_token=TOKEN, cors_origins=(ORIGIN,),
-                     webhook_secret=SECRET) as running:
+                     webhook_secret=SECRET, webhook_allow_private=True) as running:
         yield running
 
 

@@ -392,11 +392,21 @@ def test_validate_callback_url_accepts(url: str) -> None:
     assert validate_callback_url(url) == url
 
 
+def test_private_targets_are_refused_unless_allowed() -> None:
+    for url in ("http://127.0.0.1/x", "http://localhost:8080/x", "http://10.1.2.3/x",
+                "http://169.254.169.254/latest", "http://[::1]/x", "http://192.168.0.5/x"):
+        with pytest.raises(ValueError, match="not an allowed webhook target"):
+            validate_callback_url(url, allow_private=False)
+        assert validate_callback_url(url, allow_private=True) == url
+    assert validate_callback_url("https://hooks.example.com/x", allow_private=False)
+    assert validate_callback_url("http://93.184.216.34/x", allow_private=False)
+
+
 def test_is_allowed_target_is_consulted(receiver: Receiver,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
 
-    def only_example(host: str) -> bool:
+    def only_example(host: str, *, allow_private: bool = True) -> bool:
         seen.append(host)
         return host.endswith(".example.com")
 
