@@ -40,6 +40,15 @@ _PROFILES = {
 }
 # x265 names the 4:2:2 profiles differently from FFmpeg; leave those to x265's choice.
 
+#: Closed GOPs with exactly one IDR per keyint, no scene cuts (a cut must not move the
+#: IDR), no B-pyramid (keeps the reorder delay within ENCODER_MAX_BFRAMES), parameter sets
+#: once in extradata; x265's info SEI off so identical settings give identical records.
+_X26X_PARAMS = {
+    "h264": ("x264-params", "scenecut=0:open-gop=0:b-pyramid=none:aud=0:repeat-headers=0"),
+    "hevc": ("x265-params", "no-scenecut=1:no-open-gop=1:b-pyramid=0:repeat-headers=0:aud=0:"
+                            "info=0:log-level=error"),
+}
+
 
 @dataclass(frozen=True)
 class EncoderSettings:
@@ -120,24 +129,13 @@ def open_encoder(s: EncoderSettings, time_base: Fraction, frames: int) -> av.Vid
     bframes = s.bframes if frames > 2 else 0
     ctx.thread_count = s.threads
     opts: dict[str, str] = {}
-    if s.codec == "h264":
+    if s.codec in _X26X_PARAMS:
         profile = _PROFILES.get((s.codec, s.pix_fmt))
         if profile:
             opts["profile"] = profile
         opts.update(crf=str(s.crf), preset=s.preset)
-        opts["x264-params"] = (
-            f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes={bframes}:"
-            "open-gop=0:b-pyramid=none:aud=0:repeat-headers=0"
-        )
-    elif s.codec == "hevc":
-        profile = _PROFILES.get((s.codec, s.pix_fmt))
-        if profile:
-            opts["profile"] = profile
-        opts.update(crf=str(s.crf), preset=s.preset)
-        opts["x265-params"] = (
-            f"keyint={keyint}:min-keyint={keyint}:no-scenecut=1:bframes={bframes}:"
-            "no-open-gop=1:b-pyramid=0:repeat-headers=0:aud=0:info=0:log-level=error"
-        )
+        key, fixed = _X26X_PARAMS[s.codec]
+        opts[key] = f"keyint={keyint}:min-keyint={keyint}:bframes={bframes}:{fixed}"
     else:  # vp9
         ctx.gop_size = keyint
         opts.update({"crf": str(s.crf), "b": "0", "deadline": "good", "cpu-used": "4",

@@ -3,10 +3,5 @@
 # Usage: ./scripts/serve.sh [--media-root DIR] [--host H] [--port P] [--token T]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e .
+. scripts/_venv.sh "."
 exec .venv/bin/cutfarm serve "$@"
