@@ -23,7 +23,7 @@ import ray
 
 from render.audio import render_audio
 from render.config import parse_config
-from render.encode import encode_piece
+from render.encode import encode_piece, with_threads
 from render.engine import Prepared, probe_source
 from render.errors import RenderError
 from render.media import SourceInfo
@@ -113,7 +113,10 @@ def encode_task(prep: Prepared, index: int, job_id: str, status: Any,
     assert isinstance(piece, EncodePiece)
     _placement(status, job_id, index, "encode")
     report = _Reporter(status, job_id)
-    settings = prep.settings[index]
+    # x264/x265 default to every core of the node; hold them to the CPUs Ray gave us, or a
+    # node's scheduled load would bear no relation to its real load.
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    settings = with_threads(prep.settings[index], max(1, round(cpus)))
     if work_dir is not None:
         target = Path(work_dir) / f"piece-{index:05d}"
         encode_piece(piece, prep.plan, prep.sources, settings, target,

@@ -29,16 +29,12 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
-import random
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -52,140 +48,32 @@ from render.config import ExportConfig, parse_config
 from render.engine import Prepared, execute, prepare
 from render.plan import CopyPiece, EncodePiece
 from tests import mediagen as mg
+from tests.bench.benchmedia import (
+    BFRAMES,
+    FILES,
+    FPS,
+    SECONDS,
+    BenchMedia,
+    make_config,
+    multicam_segments,
+    report,
+)
+from tests.bench.benchmedia import median as _median
 
 REPO = Path(__file__).resolve().parents[2]
 MB = 1e6
 
 # --------------------------------------------------------------------------- media
 
-FPS = 30
-SECONDS = 60.0
-GOP = 60  # 2 s
-BFRAMES = 2
-CAMERAS: dict[str, mg.CameraSpec] = {
-    f"cam{c}.mp4": mg.CameraSpec(
-        camera=c,
-        codec="h264",
-        width=1280,
-        height=720,
-        fps=Fraction(FPS),
-        seconds=SECONDS,
-        gop=GOP,
-        bframes=BFRAMES,
-        crf=28,
-        preset="superfast",
-    )
-    for c in (1, 2, 3)
-}
-FILES = tuple(CAMERAS)
-#: Per-camera sync offsets (seconds): a segment at program time t reads source time t + off.
-SYNC_OFFSETS = (0.0, 0.3137, 0.6071)
-PROGRAM_SECONDS = 59.0
-SEGMENTS = 20
+# Cameras, configs and reporting: tests/bench/benchmedia.py; the session fixture
+# ``bench_media``: tests/bench/conftest.py (shared with the cluster benchmarks).
 ROUNDS = 3
 COPY_ROUNDS = 7
 #: The engine's tolerance for playhead floats (render.plan.TIME_EPSILON), restated.
 TIME_EPSILON = Fraction(1, 1_000_000)
 
 
-@dataclass(frozen=True)
-class BenchMedia:
-    root: Path  # media root: holds sources/
-
-    @property
-    def sources(self) -> Path:
-        return self.root / "sources"
-
-    def path(self, name: str) -> Path:
-        return self.sources / name
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.path(n).stat().st_size for n in FILES)
-
-
-def _spec_stamp(spec: mg.CameraSpec) -> str:
-    return repr(spec) + f" mediagen={Path(mg.__file__).stat().st_size}"
-
-
-@pytest.fixture(scope="session")
-def bench_media(tmp_path_factory: pytest.TempPathFactory) -> BenchMedia:
-    cache = os.environ.get("CUTFARM_BENCH_MEDIA")
-    root = Path(cache) if cache else tmp_path_factory.mktemp("bench-media")
-    sources = root / "sources"
-    sources.mkdir(parents=True, exist_ok=True)
-    missing = []
-    for name, spec in CAMERAS.items():
-        stamp = sources / f"{name}.spec"
-        ok = (sources / name).exists() and stamp.exists() and stamp.read_text() == _spec_stamp(spec)
-        if not ok:
-            stamp.unlink(missing_ok=True)
-            missing.append(name)
-    if missing:
-        t0 = time.perf_counter()
-        # spawn: never fork a process that may already run FFmpeg threads.
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=len(missing), mp_context=ctx) as pool:
-            futures = {n: pool.submit(mg.make_camera, sources / n, CAMERAS[n]) for n in missing}
-            for name, fut in futures.items():
-                fut.result()
-                (sources / f"{name}.spec").write_text(_spec_stamp(CAMERAS[name]))
-        print(
-            f"\n[bench] generated {len(missing)} cameras in {time.perf_counter() - t0:.1f}s "
-            f"under {sources}"
-        )
-    media = BenchMedia(root)
-    _warm_page_cache(media.path(n) for n in FILES)
-    return media
-
-
-def _warm_page_cache(paths: Any) -> None:
-    for p in paths:
-        with Path(p).open("rb") as fh:
-            while fh.read(8 << 20):
-                pass
-
-
 # --------------------------------------------------------------------------- configs
-
-
-def make_config(
-    segments: Sequence[tuple[int, float, float]],
-    *,
-    accuracy: str = "frame",
-    include_audio: bool = True,
-    job: str = "bench",
-) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "id": job,
-        "projectName": "cutfarm bench",
-        "sources": [{"id": f"m{i}", "name": n, "filePath": n} for i, n in enumerate(FILES)],
-        "segments": [{"sourceIndex": s, "startTime": a, "endTime": b} for s, a, b in segments],
-        "output": {"format": "mp4", "codec": "copy", "includeAudio": include_audio},
-        "accuracy": accuracy,
-    }
-
-
-def multicam_segments() -> list[tuple[int, float, float]]:
-    """20 contiguous segments over 59 s of program, switching camera at every cut.
-
-    Cut times are arbitrary playhead floats (not frame-aligned), each segment 2.1..3.8 s,
-    so every segment holds at least one whole GOP and every switch is a real cut.
-    """
-    rng = random.Random(20)
-    lengths = [rng.uniform(2.2, 3.6) for _ in range(SEGMENTS)]
-    scale = PROGRAM_SECONDS / sum(lengths)
-    lengths = [x * scale for x in lengths]
-    out: list[tuple[int, float, float]] = []
-    t, cam = 0.0, 0
-    for i, length in enumerate(lengths):
-        if i:
-            cam = rng.choice([c for c in range(len(FILES)) if c != cam])
-        off = SYNC_OFFSETS[cam]
-        out.append((cam, round(t + off, 6), round(t + length + off, 6)))
-        t += length
-    return out
 
 
 def copy_segments() -> list[tuple[int, float, float]]:
@@ -212,18 +100,7 @@ def timed_export(
     return prep
 
 
-def report(benchmark: Any, title: str, info: dict[str, Any]) -> None:
-    benchmark.extra_info.update(info)
-    width = max(len(k) for k in info)
-    lines = [f"\n=== {title}"]
-    for k, v in info.items():
-        text = f"{v:.4g}" if isinstance(v, float) else str(v)
-        lines.append(f"  {k.ljust(width)}  {text}")
-    print("\n".join(lines))
 
-
-def _median(values: Sequence[float]) -> float:
-    return float(statistics.median(values))
 
 
 # --------------------------------------------------------------------------- 1. copy path
