@@ -115,7 +115,8 @@ def encode_task(prep: Prepared, index: int, job_id: str, status: Any,
     report = _Reporter(status, job_id)
     # x264/x265 default to every core of the node; hold them to the CPUs Ray gave us, or a
     # node's scheduled load would bear no relation to its real load.
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    cpus = ray.get_runtime_context().get_assigned_resources().get(  # type: ignore[no-untyped-call]
+        "CPU", 1.0)
     settings = with_threads(prep.settings[index], max(1, round(cpus)))
     if work_dir is not None:
         target = Path(work_dir) / f"piece-{index:05d}"
