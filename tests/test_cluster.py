@@ -311,3 +311,27 @@ def test_retention_removes_only_old_finished_exports(nodes: Nodes, media_root: M
             client.get_sync("export-old")
     finally:
         shutdown_actors(client)
+
+
+def test_a_restarted_coordinator_runs_its_jobs_again(nodes: Nodes, media_root: Media,
+                                                     tmp_path: Path) -> None:
+    """Killed mid-job, the detached coordinator restarts and picks its jobs up by itself."""
+    from cluster.coordinator import COORDINATOR_NAME
+
+    link_sources(media_root.root, tmp_path, ["h264_a.mp4", "h264_640.mp4"])
+    client = connect((MediaRoot(tmp_path),), preset="veryslow")
+    try:
+        files = ["h264_640.mp4", "h264_a.mp4"]
+        cfg = config("export-phoenix", files, [(0, 0.0, 6.0), (1, 0.0, 3.0)], codec="h264")
+        client.submit_sync(cfg)
+        wait_for(client, "export-phoenix", lambda s: s.frames_done > 0, timeout=60)
+        actor = ray.get_actor(COORDINATOR_NAME, namespace=client.settings.namespace)
+        ray.kill(actor, no_restart=False)
+        # Nobody calls the new coordinator: it must resume the job on its own.
+        done = wait_terminal(client, "export-phoenix", timeout=300)
+        assert done.status == JobState.COMPLETED, done.error
+        assert done.attempts == 1
+        decoded = mg.decode_video(tmp_path / "exports" / "export-phoenix" / "output.mp4")
+        assert decoded.errors == 0 and len(decoded.stamps) == 270
+    finally:
+        shutdown_actors(client)
