@@ -35,9 +35,9 @@ from .scheduling import (
     CONCAT_MEMORY,
     audio_volume,
     concat_volume,
+    live_volumes,
     piece_tasks,
     placement,
-    volume_nodes,
 )
 from .settings import Settings
 from .store import JobStore
@@ -312,7 +312,7 @@ class Coordinator:
             "message": progress_message(plan, set())})
         refs: list[Any] = [None] * len(plan.pieces)
         encode_refs: dict[int, Any] = {}
-        where = await asyncio.to_thread(volume_nodes, ray.nodes())  # type: ignore[no-untyped-call]
+        where = await asyncio.to_thread(live_volumes)
         for t in piece_tasks(prep, s, job_id):
             options = {"name": t.name, "num_cpus": t.num_cpus, "memory": t.memory,
                        **placement(t.volume, where, t.index)}
@@ -362,7 +362,7 @@ class Coordinator:
         job_id = run.job_id
         out = self.store.output_path(job_id, prep.container_format)
         for attempt in range(1, CONCAT_ATTEMPTS + 1):
-            where = volume_nodes(ray.nodes())  # type: ignore[no-untyped-call]
+            where = await asyncio.to_thread(live_volumes)
             run.concat = ConcatActor.options(  # type: ignore[attr-defined]
                 name=f"cutfarm-concat-{job_id}", namespace=self.settings.namespace,
                 memory=CONCAT_MEMORY, **placement(concat_volume(prep, self.settings), where),

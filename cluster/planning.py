@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import ray
-
 from render.config import parse_config
 from render.engine import Prepared, prepare_with
 from render.errors import RenderError, SourceNotFoundError
 from render.media import SourceInfo
 
-from .scheduling import placement, volume_nodes
+from .scheduling import live_volumes, placement
 from .settings import Settings
 from .tasks import probe_task
 
@@ -28,7 +26,7 @@ async def plan_job(config: dict[str, Any], settings: Settings, name: str) -> Pre
     cfg = parse_config(config)
     roots = [str(p) for p in settings.root_paths]
     volumes = list(dict.fromkeys(r.volume for r in settings.media_roots))
-    where = await asyncio.to_thread(volume_nodes, ray.nodes())  # type: ignore[no-untyped-call]
+    where = await asyncio.to_thread(live_volumes)
     refs = [probe_task.options(name=f"{name}:probe:{v or 'shared'}",
                                **placement(v, where)).remote(config, roots)
             for v in volumes]

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from render.engine import Prepared
@@ -54,6 +55,11 @@ def placement(volume: str | None, volume_nodes: Mapping[str, Sequence[str]],
         "label_selector": {f"{VOLUME_LABEL_PREFIX}{volume}": "true"},
         "fallback_strategy": [{"label_selector": {}}],
     }
+
+
+def live_volumes() -> dict[str, list[str]]:
+    """``volume_nodes`` of the running cluster (a GCS call: run it off event loops)."""
+    return volume_nodes(ray.nodes())  # type: ignore[no-untyped-call]
 
 
 def volume_nodes(nodes: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
