@@ -4,12 +4,9 @@ Video samples keep their bytes (copied or re-encoded) and get new timestamps: pt
 plan's output grid, dts from the same grid shifted by one global reorder delay, so DTS are
 uniform and never bumped to dodge a collision (the stutter seen in other smart cutters).
 
-Every piece's first packet carries its own avcC/hvcC record as ``new_extradata`` side data:
-FFmpeg 8's mov muxer then writes one ``avc1``/``hvc1`` sample entry per distinct record and
-points each chunk at the right one, so camera GOPs with different parameter sets and our
-re-encoded frames share one track without in-band parameter sets (which ``hvc1`` forbids).
-Verified: FFmpeg decodes such tracks bit-exactly with zero warnings; the side data must also
-mark every return to an earlier record.
+The track has one sample description; every keyframe carries the parameter sets of the
+piece it belongs to in-band (bitstream.py says why: Chrome cannot play a track with several
+descriptions). Packets are converted to the track's one sample format on the way.
 
 The index goes at the front in one pass (``moov_size`` reserves room); if the reservation
 proves too small the muxer says so at close and the file is written again with faststart.
@@ -30,6 +27,7 @@ import av
 import numpy as np
 
 from .audio import AudioTarget
+from .bitstream import SampleFormat, convert, parameter_sets
 from .decode import read_sample
 from .errors import OutputError
 from .media import SourceInfo
@@ -44,6 +42,7 @@ MOOV_BASE = 16384
 #: Parameter sets of our encoders (x265's with its info SEI off is well under this).
 MAX_ENCODER_RECORD = 4096
 _TAGS = {"h264": "avc1", "hevc": "hvc1"}
+NAL_CODECS = frozenset(_TAGS)
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,8 @@ class VideoPacket:
     data: bytes
     out_disp: int
     is_keyframe: bool
-    record: bytes | None  # attach as new_extradata (first packet of a piece)
+    record: bytes  # parameter-set record of the piece (avcC/hvcC/Annex-B; b"" for VP9)
+    fmt: SampleFormat | None  # how ``data`` is framed (None: not a NAL codec)
 
 
 def estimate_moov(plan: Plan, audio_packets: int, records: int, record_bytes: int) -> int:
@@ -123,7 +123,7 @@ def video_packets(
                 if fh is None and shipped is None:
                     fh = handles[piece.source] = src.path.open("rb")
                 index = src.video.index
-                current: bytes | None = None
+                fmt = SampleFormat(src.video.format.codec, src.video.nal_length_size)
                 pos = 0
                 for n, dec in enumerate(piece.samples(index)):
                     d = int(dec)
@@ -136,12 +136,8 @@ def video_packets(
                         data = read_sample(fh, src, d)
                     if on_bytes is not None:
                         on_bytes(len(data))
-                    # Announce the record at the piece start and wherever the source itself
-                    # switches sample description.
-                    record = src.video.record_of(d)
                     yield VideoPacket(data, int(index.disp_of_dec[d]) + piece.disp_base,
-                                      bool(index.rap[d]), record if record != current else None)
-                    current = record
+                                      bool(index.rap[d]), src.video.record_of(d), fmt)
                     if check_cancel is not None and n % 256 == 255:
                         check_cancel()
             else:
@@ -159,14 +155,14 @@ def _encoded_packets(plan: Plan, piece: EncodePiece, path: Path) -> Iterator[Vid
                           f"expected {plan.out_time_base}")
     lo, hi = piece.out_first, piece.out_stop
     grid = plan.out_pts[lo:hi]
-    record: bytes | None = header.extradata or None
+    record = header.extradata
+    fmt = SampleFormat(header.codec, None) if header.codec in NAL_CODECS else None
     count = 0
     for p in read_packets(path):
         k = int(np.searchsorted(grid, p.pts))
         if k >= len(grid) or int(grid[k]) != p.pts:
             raise OutputError(f"piece {path.name} holds a frame at {p.pts} that is not planned")
-        yield VideoPacket(p.data, lo + k, p.is_keyframe, record)
-        record = None
+        yield VideoPacket(p.data, lo + k, p.is_keyframe, record, fmt)
         count += 1
     if count != hi - lo:
         raise OutputError(f"piece {path.name} holds {count} frames, {hi - lo} were planned")
@@ -221,7 +217,7 @@ def _write(
         raise OutputError(f"cannot create the output file: {exc}") from exc
     templates: list[av.container.InputContainer] = []
     try:
-        vstream = _video_stream(out, plan, sources, pieces, templates, container_format)
+        vstream, track = _video_stream(out, plan, sources, pieces, templates, container_format)
         audio_out = _AudioOut(out, audio) if audio else None
         tb = plan.out_time_base
         packets = video_packets(plan, sources, pieces, on_bytes=on_bytes,
@@ -233,15 +229,17 @@ def _write(
                 raise OutputError(f"internal error: frame {vp.out_disp} decodes after it shows")
             if audio_out is not None:
                 audio_out.write_until(dts * tb)  # interleave: audio that plays before this
-            packet = av.Packet(vp.data)
+            packet = av.Packet(track.packet_data(vp))
             packet.stream = vstream
             packet.time_base = tb
             packet.pts = pts
             packet.dts = dts
             packet.duration = plan.frame_duration(vp.out_disp)
             packet.is_keyframe = vp.is_keyframe
-            if vp.record is not None and container_format == "mp4":
-                new_extradata(vp.record).to_packet(packet)
+            if i == 0 and track.record:
+                # The muxer takes the track's description from the first packet's side data
+                # (the template stream's extradata may be a stand-in).
+                new_extradata(track.record).to_packet(packet)
             out.mux(packet)
         if audio_out is not None:
             audio_out.write_until(None)
@@ -340,6 +338,26 @@ def _first_record(plan: Plan, sources: Mapping[int, SourceInfo], pieces: PieceSo
     return read_header(pieces.encoded(0)).extradata
 
 
+class _Track:
+    """The output track's record and sample format; converts each packet into it."""
+
+    def __init__(self, codec: str, record: bytes) -> None:
+        self.codec = codec
+        self.record = record
+        self.fmt = SampleFormat.of(codec, record) if codec in NAL_CODECS and record else None
+        self._params: dict[bytes, list[bytes]] = {}
+
+    def packet_data(self, vp: VideoPacket) -> bytes:
+        if self.fmt is None or vp.fmt is None:
+            return vp.data
+        params = None
+        if vp.is_keyframe:
+            params = self._params.get(vp.record)
+            if params is None:
+                params = self._params[vp.record] = parameter_sets(self.codec, vp.record)
+        return convert(vp.data, vp.fmt, self.fmt, params)
+
+
 def _video_stream(
     out: av.container.OutputContainer,
     plan: Plan,
@@ -347,7 +365,7 @@ def _video_stream(
     pieces: PieceSource,
     templates: list[av.container.InputContainer],
     container_format: str,
-) -> av.VideoStream:
+) -> tuple[av.VideoStream, _Track]:
     fmt = plan.out_format
     if container_format != "mp4":
         # VP9 in WebM carries no extradata; an encoder-backed stream gives the muxer the
@@ -356,23 +374,23 @@ def _video_stream(
         st.width, st.height = fmt.width, fmt.height
         st.pix_fmt = fmt.pix_fmt
         st.time_base = plan.out_time_base
-        return st
+        return st, _Track(fmt.codec, b"")
     record = _first_record(plan, sources, pieces)
     template_src = next((sources[p.source] for p in plan.pieces if isinstance(p, CopyPiece)),
                         None)
     if template_src is not None and template_src.video.format == fmt:
+        # A camera's record heads the track, so its length size frames every packet.
+        record = template_src.video.record_of(0)
         inp = av.open(str(template_src.path), metadata_errors="ignore")
-        template = inp.streams.video[0]
     else:
         inp = av.open(_template_file(fmt.codec, record, fmt.width, fmt.height), "r",
                       format="mp4")
-        template = inp.streams.video[0]
     templates.append(inp)
-    st = out.add_stream_from_template(template)
+    st = out.add_stream_from_template(inp.streams.video[0])
     st.codec_context.extradata = record
     st.time_base = plan.out_time_base
     st.codec_tag = _TAGS.get(fmt.codec, st.codec_tag or "")
-    return st
+    return st, _Track(fmt.codec, record)
 
 
 def _rate(plan: Plan) -> Fraction:

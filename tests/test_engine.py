@@ -25,6 +25,7 @@ from render.errors import (
     SourceNotFoundError,
     UnsupportedMediaError,
 )
+from render.mp4index import read_sample_tables
 from render.plan import CopyPiece, EncodePiece
 from tests import mediagen as mg
 from tests.conftest import MediaRoot
@@ -66,6 +67,9 @@ def gens(media: MediaRoot, files: list[str]) -> dict[int, mg.GeneratedMedia]:
 
 
 def full_check(media: MediaRoot, files: list[str], prep: Prepared, out: Path) -> None:
+    # One sample description: browsers (Chrome) cannot play a track with several.
+    video = next(t for t in read_sample_tables(out) if t.handler == "vide")
+    assert len(video.sample_entries) == 1
     check_frames(out, expected_stamps(prep, cams(media, files)))
     assert check_copied_bytes(out, prep) > 0
     check_timestamps(out, prep)
@@ -365,7 +369,8 @@ def test_cli_plan_and_render(
 
 def test_recutting_an_export_with_several_sample_descriptions(media_root: MediaRoot,
                                                                tmp_path: Path) -> None:
-    """An earlier export (one track, several avc1 entries) is a valid source again."""
+    """An earlier export is a valid source again: one description, parameter sets that
+    change from piece to piece in-band at every keyframe."""
     files = ["h264_a.mp4", "h264_b.mp4"]
     first, out = run(media_root, make_config(files, MULTICAM), tmp_path)
     stamps = expected_stamps(first, cams(media_root, files))
@@ -375,7 +380,7 @@ def test_recutting_an_export_with_several_sample_descriptions(media_root: MediaR
     # Cut across the seams between the earlier export's sample descriptions.
     cfg = make_config(["episode.mp4"], [(0, 0.3, 2.9), (0, 3.5, 4.8)])
     prep = prepare(parse_config(cfg), [root])
-    assert len(prep.sources[0].video.records) >= 3
+    assert len(prep.sources[0].video.records) == 1
     final = tmp_path / "final.mp4"
     execute(prep, final)
     expected = [stamps[f] for cut in prep.plan.cuts for f in range(cut.first, cut.stop)]
