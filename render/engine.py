@@ -101,6 +101,7 @@ class _Tracker:
         self.p = progress
         self.cb = callback
         self.lock = threading.Lock()
+        self.emit_lock = threading.Lock()
         self.interval = interval
         self.last = 0.0
 
@@ -119,10 +120,13 @@ class _Tracker:
     def _maybe_emit(self, force: bool = False) -> None:
         if self.cb is None:
             return
-        now = time.monotonic()
-        if force or now - self.last >= self.interval:
-            self.last = now
-            self.cb(self.p)
+        # One callback at a time: encoder threads report concurrently, and a caller must
+        # never see progress go backwards because two reports crossed.
+        with self.emit_lock:
+            now = time.monotonic()
+            if force or now - self.last >= self.interval:
+                self.last = now
+                self.cb(self.p)
 
 
 def probe_sources(config: ExportConfig, media_roots: Sequence[Path]) -> dict[int, SourceInfo]:
