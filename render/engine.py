@@ -20,7 +20,13 @@ from pathlib import Path
 
 from .audio import AudioTarget, choose_target, render_audio
 from .config import ExportConfig
-from .encode import EncoderSettings, encode_piece, matched_settings, transcode_settings
+from .encode import (
+    EncoderSettings,
+    encode_piece,
+    matched_settings,
+    transcode_settings,
+    with_threads,
+)
 from .errors import CancelledError, ConfigError, RenderError
 from .media import SourceInfo, VideoFormat
 from .mux import LocalPieces, assemble
@@ -292,8 +298,7 @@ def _encode_all(prep: Prepared, tmp: Path, tracker: _Tracker, check_cancel: Call
         check_cancel()
 
     def one(i: int, piece: EncodePiece) -> Path:
-        s = prep.settings[i]
-        s = EncoderSettings(**{**s.__dict__, "threads": threads})
+        s = with_threads(prep.settings[i], threads)
         return encode_piece(piece, plan, prep.sources, s, tmp / f"piece-{i:05d}.piece",
                             on_frame=lambda: tracker.add(frames=1), check_cancel=check)
 

@@ -273,8 +273,7 @@ def _options(plan: Plan, sources: Mapping[int, SourceInfo],
         return options
     # ~1 packet per 1024 samples (AAC) or 960 (Opus): estimate, with margin, from duration.
     audio_count = int(plan.duration * audio[1].sample_rate / 900) + 16 if audio else 0
-    records, record_bytes = _records_bound(plan, sources)
-    size = estimate_moov(plan, audio_count, records, record_bytes)
+    size = estimate_moov(plan, audio_count, 1, _record_bound(plan, sources))
     options["moov_size"] = str(size)
     return options
 
@@ -317,25 +316,11 @@ def _dts(plan: Plan, i: int) -> int:
     return int(plan.out_pts[0]) + k * plan.frame_duration(0)
 
 
-def _records_bound(plan: Plan, sources: Mapping[int, SourceInfo]) -> tuple[int, int]:
-    """Upper bound on sample descriptions and their bytes, known before any piece exists."""
-    count = 0
-    size = 0
+def _record_bound(plan: Plan, sources: Mapping[int, SourceInfo]) -> int:
+    """Upper bound on the bytes of the track's one record, known before any piece exists."""
     used = {p.source for p in plan.pieces if isinstance(p, CopyPiece)}
-    for i in used:
-        video = sources[i].video
-        recs = video.records or (video.extradata,)
-        count += len(recs)
-        size += sum(map(len, recs))
-    encodes = sum(1 for p in plan.pieces if isinstance(p, EncodePiece))
-    return count + encodes, size + encodes * MAX_ENCODER_RECORD
-
-
-def _first_record(plan: Plan, sources: Mapping[int, SourceInfo], pieces: PieceSource) -> bytes:
-    first = plan.pieces[0]
-    if isinstance(first, CopyPiece):
-        return sources[first.source].video.record_of(first.dec_start)
-    return read_header(pieces.encoded(0)).extradata
+    recs = [r for i in used for r in (sources[i].video.records or (sources[i].video.extradata,))]
+    return max([MAX_ENCODER_RECORD, *map(len, recs)])
 
 
 class _Track:
@@ -375,7 +360,6 @@ def _video_stream(
         st.pix_fmt = fmt.pix_fmt
         st.time_base = plan.out_time_base
         return st, _Track(fmt.codec, b"")
-    record = _first_record(plan, sources, pieces)
     template_src = next((sources[p.source] for p in plan.pieces if isinstance(p, CopyPiece)),
                         None)
     if template_src is not None and template_src.video.format == fmt:
@@ -383,6 +367,8 @@ def _video_stream(
         record = template_src.video.record_of(0)
         inp = av.open(str(template_src.path), metadata_errors="ignore")
     else:
+        # No copied GOP to take a record from: every piece is ours, the first heads it.
+        record = read_header(pieces.encoded(0)).extradata
         inp = av.open(_template_file(fmt.codec, record, fmt.width, fmt.height), "r",
                       format="mp4")
     templates.append(inp)
