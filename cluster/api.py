@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
-from render.config import ExportConfig, parse_config
+from render.config import ExportConfig, parse_config, unknown_field_warnings
 from render.engine import Prepared
 from render.errors import ConfigError, RenderError
 
@@ -39,9 +39,12 @@ def ensure_ray(settings: Settings) -> bool:
     """
     if ray.is_initialized():
         return False
+    if settings.ray_address == "local":
+        ray.init(address="local", namespace=settings.namespace)
+        return True
     if settings.ray_address:
-        ray.init(address=settings.ray_address, namespace=settings.namespace)
-        return settings.ray_address == "local"
+        _attach(settings.ray_address, settings.namespace)
+        return False
     try:
         ray.init(address="auto", namespace=settings.namespace)
         return False
@@ -49,6 +52,27 @@ def ensure_ray(settings: Settings) -> bool:
         log.info("no Ray cluster running; starting a local one")
         ray.init(namespace=settings.namespace)
         return True
+
+
+def _attach(address: str, namespace: str) -> None:
+    """Join a running cluster; one sentence, not a traceback, when that fails."""
+    # Ray enables token auth for "auto" when a token is at hand, but not for an explicit
+    # address: a local cluster started by `ray.init()` (token on by default) refused us.
+    # Ray's own switch also refreshes its cached config, which the variable alone does not.
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a private module: without it an explicit RAY_AUTH_MODE still works
+        pass
+    else:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    try:
+        ray.init(address=address, namespace=namespace)
+    except (ConnectionError, RuntimeError, RayError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClusterUnavailableError(
+            f"cannot connect to the Ray cluster at {address}: {reason}") from exc
 
 
 class CutfarmCluster:
@@ -94,14 +118,20 @@ class CutfarmCluster:
         if preflight:
             await self.plan(cfg)
         data = cfg.model_dump(mode="json", by_alias=True)
+        warnings = unknown_field_warnings(cfg)
         return await self._call(lambda: self.coordinator.submit.remote(cfg.id, data,
-                                                                        cfg.priority))
+                                                                        cfg.priority, warnings))
 
     async def get(self, job_id: str) -> JobStatus:
         return await self._call(lambda: self.status.get.remote(job_id))
 
     async def cancel(self, job_id: str) -> JobStatus:
         return await self._call(lambda: self.coordinator.cancel.remote(job_id))
+
+    async def delete(self, job_id: str) -> tuple[JobStatus, bool]:
+        """Cancel a pending or running job, or remove a finished one with its output;
+        the bool says whether the job was removed."""
+        return await self._call(lambda: self.coordinator.delete.remote(job_id))
 
     async def list_jobs(self, states: list[JobState] | None = None) -> list[JobStatus]:
         return await self._call(lambda: self.status.list.remote(states))
@@ -135,6 +165,9 @@ class CutfarmCluster:
 
     def cancel_sync(self, job_id: str) -> JobStatus:
         return _run_sync(self.cancel(job_id))
+
+    def delete_sync(self, job_id: str) -> tuple[JobStatus, bool]:
+        return _run_sync(self.delete(job_id))
 
     def list_sync(self, states: list[JobState] | None = None) -> list[JobStatus]:
         return _run_sync(self.list_jobs(states))

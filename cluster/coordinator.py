@@ -56,6 +56,13 @@ MESSAGE_INTERVAL = 0.5
 RETENTION_CHECK_SECONDS = 600.0
 #: A job interrupted by this many coordinator restarts fails instead of running again.
 MAX_RESTARTS = 3
+#: The stage of a job put back in the queue because the server was stopped while it ran.
+INTERRUPTED_STAGE = "interrupted"
+INTERRUPTED_MESSAGE = ("Interrupted: the server was stopped while this export ran; it "
+                       "starts again when the server is back")
+#: Progress of a job that runs again from the start.
+_RESET: dict[str, Any] = {"progress": 0.0, "bytes_done": 0, "frames_done": 0,
+                          "samples_done": 0, "pieces": [], "eta_seconds": None}
 
 
 @dataclass
@@ -116,6 +123,10 @@ class Coordinator:
         self._sweeper: asyncio.Task[None] | None = None
         self._ready: asyncio.Event | None = None
         self._starting: asyncio.Lock | None = None
+        #: Set by ``suspend``: the cluster is going away, start nothing new.
+        self.suspended = False
+        #: Jobs this coordinator found interrupted on start, for the ``serve`` banner.
+        self.resumed: list[dict[str, str]] = []
         # A restarted coordinator must pick its jobs up without waiting for a caller: poke
         # ourselves once the actor is ready to take calls.
         me = ray.get_runtime_context().current_actor
@@ -149,24 +160,69 @@ class Coordinator:
     async def _reload(self) -> None:
         queue: list[tuple[int, int, str]] = []
         for s in await self.status.list.remote([JobState.PENDING, JobState.PROCESSING]):
-            if s.status == JobState.PROCESSING:
-                # Its pieces were owned by a coordinator that is gone: run it again, a
-                # bounded number of times (a job that keeps killing us must not loop).
-                await asyncio.to_thread(self.store.remove_outputs, s.job_id)
-                if s.attempts + 1 > MAX_RESTARTS:
-                    await self.status.update.remote(s.job_id, {
-                        "status": JobState.FAILED, "stage": "failed",
-                        "message": "Export failed",
-                        "error": f"the export was interrupted {MAX_RESTARTS} times and was "
-                                 "stopped; please try again"})
-                    continue
+            if s.status == JobState.PROCESSING and not await self._resume_crashed(s):
+                continue
+            if s.status == JobState.PENDING and s.stage == INTERRUPTED_STAGE:
+                log.warning("resuming export %s: the server was stopped while it ran",
+                            s.job_id)
+                self.resumed.append({"jobId": s.job_id,
+                                     "why": "the server was stopped while it ran"})
                 await self.status.update.remote(s.job_id, {
-                    "status": JobState.PENDING, "stage": "queued", "progress": 0.0,
-                    "message": "Restarting after an interruption", "bytes_done": 0,
-                    "frames_done": 0, "samples_done": 0, "attempts": s.attempts + 1,
-                    "pieces": []})
+                    "stage": "queued",
+                    "message": "Resumed: the server was stopped while this export ran; it "
+                               "runs again from the start"})
             heapq.heappush(queue, (-s.priority, s.seq, s.job_id))
         self.queue = queue
+
+    async def _resume_crashed(self, s: JobStatus) -> bool:
+        """A job whose coordinator died under it: queue it again, a bounded number of
+        times (a job that keeps killing us must not loop). False when it fails instead."""
+        await asyncio.to_thread(self.store.remove_outputs, s.job_id)
+        if s.attempts + 1 > MAX_RESTARTS:
+            log.error("export %s failed: interrupted %d times", s.job_id, MAX_RESTARTS)
+            await self.status.update.remote(s.job_id, {
+                "status": JobState.FAILED, "stage": "failed", "message": "Export failed",
+                "error": f"the export was interrupted {MAX_RESTARTS} times and was "
+                         "stopped; please try again"})
+            return False
+        log.warning("resuming export %s: the service stopped unexpectedly while it ran "
+                    "(restart %d of %d)", s.job_id, s.attempts + 1, MAX_RESTARTS)
+        self.resumed.append({"jobId": s.job_id,
+                             "why": "the service stopped unexpectedly while it ran"})
+        await self.status.update.remote(s.job_id, {
+            **_RESET, "status": JobState.PENDING, "stage": "queued",
+            "message": f"Resumed: the service stopped unexpectedly while this export ran "
+                       f"(restart {s.attempts + 1} of {MAX_RESTARTS}); it runs again from "
+                       "the start",
+            "attempts": s.attempts + 1, "interrupted_at": time.time()})
+        return True
+
+    async def resumed_jobs(self) -> list[dict[str, str]]:
+        """The jobs found interrupted when this coordinator started, and why."""
+        await self.start()
+        return list(self.resumed)
+
+    async def suspend(self) -> list[str]:
+        """The cluster is about to stop: put every running job back in the queue.
+
+        Their work is stopped and removed, their status says they were interrupted, and
+        the next start resumes them. A clean stop is not the job's fault, so it does not
+        count against ``MAX_RESTARTS``. Returns the ids of the interrupted jobs.
+        """
+        await self.start()
+        self.suspended = True
+        interrupted = []
+        for run in list(self.running.values()):
+            await self._stop(run)
+            status: JobStatus = await self.status.update.remote(run.job_id, {
+                **_RESET, "status": JobState.PENDING, "stage": INTERRUPTED_STAGE,
+                "message": INTERRUPTED_MESSAGE, "interrupted_at": time.time()})
+            if status.status.terminal:
+                continue  # it finished just before we stopped it: keep its output
+            await asyncio.to_thread(self.store.remove_outputs, run.job_id)
+            interrupted.append(run.job_id)
+        await self.status.flush.remote()
+        return interrupted
 
     async def configure(self, settings: Settings) -> None:
         """Take new settings (limits, retention, secrets) without a restart."""
@@ -174,10 +230,11 @@ class Coordinator:
         self.store = JobStore(settings.export_root)
         self._kick()
 
-    async def submit(self, job_id: str, config: dict[str, Any], priority: int) -> JobStatus:
+    async def submit(self, job_id: str, config: dict[str, Any], priority: int,
+                     warnings: list[str] | None = None) -> JobStatus:
         await self.start()
         status: JobStatus
-        status, _ = await self.status.create.remote(job_id, config, priority)
+        status, _ = await self.status.create.remote(job_id, config, priority, warnings)
         # Queue by state, not by "created": a retried create (status actor restarted after
         # writing the job) answers created=False for a job nobody has queued yet.
         queued = any(q[2] == job_id for q in self.queue) or job_id in self.running
@@ -185,6 +242,24 @@ class Coordinator:
             heapq.heappush(self.queue, (-priority, status.seq, job_id))
             self._kick()
         return status
+
+    async def delete(self, job_id: str) -> tuple[JobStatus, bool]:
+        """The editor's DELETE: cancel a pending or running job (its record stays, so
+        its status reads "cancelled"); remove a finished job, output and folder. Returns
+        the job's status and whether it was removed."""
+        await self.start()
+        status: JobStatus = await self.status.get.remote(job_id)
+        if not status.status.terminal:
+            status = await self.cancel(job_id)
+            return status, False
+        await self._remove(job_id)
+        return status, True
+
+    async def _remove(self, job_id: str) -> None:
+        # Forget first: the status actor then writes nothing more that could recreate
+        # the folder we are about to remove.
+        await self.status.forget.remote(job_id)
+        await asyncio.to_thread(self.store.remove_job, job_id)
 
     async def cancel(self, job_id: str) -> JobStatus:
         """Cancel a pending or running job; a finished job is left as it is."""
@@ -222,8 +297,7 @@ class Coordinator:
         for s in await self.status.list.remote([JobState.COMPLETED, JobState.FAILED,
                                                 JobState.CANCELLED]):
             if s.finished_at is not None and s.finished_at < cutoff:
-                await asyncio.to_thread(self.store.remove_job, s.job_id)
-                await self.status.forget.remote(s.job_id)
+                await self._remove(s.job_id)
                 removed.append(s.job_id)
         if removed:
             log.info("retention removed %d finished exports", len(removed))
@@ -247,7 +321,8 @@ class Coordinator:
     async def _schedule(self) -> None:
         assert self._wake is not None
         while True:
-            while self.queue and len(self.running) < self.settings.max_concurrent_jobs:
+            while (self.queue and not self.suspended
+                   and len(self.running) < self.settings.max_concurrent_jobs):
                 _, _, job_id = heapq.heappop(self.queue)
                 run = _Run(job_id)
                 self.running[job_id] = run

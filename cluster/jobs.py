@@ -73,6 +73,10 @@ class JobStatus(BaseModel):
     output_bytes: int | None = Field(default=None, alias="outputBytes")
     config_hash: str = Field(default="", alias="configHash")
     attempts: int = 0
+    #: When the server last stopped (or crashed) while this job ran; it was then re-queued.
+    interrupted_at: float | None = Field(default=None, alias="interruptedAt")
+    #: Config fields we kept but did not act on (typos, fields of later schema versions).
+    warnings: list[str] = Field(default_factory=list)
     pieces: list[PiecePlacement] = Field(default_factory=list)
     webhook_attempts: list[dict[str, Any]] = Field(default_factory=list, alias="webhookAttempts")
     version: int = 0  # bumps on every change; lets watchers wait for the next one

@@ -53,7 +53,8 @@ class StatusBook:
 
     # ------------------------------------------------------------------ changes
 
-    def create(self, job_id: str, config: dict[str, Any], priority: int) -> tuple[JobStatus, bool]:
+    def create(self, job_id: str, config: dict[str, Any], priority: int,
+               warnings: Iterable[str] = ()) -> tuple[JobStatus, bool]:
         """New pending job, or the existing one for the same config (idempotent submit)."""
         digest = config_hash(config)
         existing = self.jobs.get(job_id)
@@ -65,7 +66,7 @@ class StatusBook:
             return existing, False
         self.store.write_config(job_id, config)
         status = JobStatus(job_id=job_id, priority=priority, seq=self.next_seq,
-                           config_hash=digest)
+                           config_hash=digest, warnings=[*warnings])
         self.next_seq += 1
         self.jobs[job_id] = status
         self._write(status, force=True)
@@ -175,9 +176,9 @@ class StatusActor:
         if event is not None:
             event.set()
 
-    async def create(self, job_id: str, config: dict[str, Any], priority: int) -> tuple[
-            JobStatus, bool]:
-        result = self.book.create(job_id, config, priority)
+    async def create(self, job_id: str, config: dict[str, Any], priority: int,
+                     warnings: Iterable[str] = ()) -> tuple[JobStatus, bool]:
+        result = self.book.create(job_id, config, priority, warnings)
         self._notify(job_id)
         return result
 

@@ -16,18 +16,37 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from .config import parse_config
+from .config import ExportConfig, parse_config, unknown_field_warnings
 from .engine import Progress, describe_plan, execute, prepare
 from .errors import CancelledError, RenderError
 
 
-def _load(path: str) -> object:
+def load_json(path: str) -> object:
+    """A config file's JSON; SystemExit with one sentence when it is missing or broken."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SystemExit(f"cutfarm: config file {path!r} not found") from None
+    except IsADirectoryError:
+        raise SystemExit(f"cutfarm: {path!r} is a folder, not a config file") from None
+    except PermissionError:
+        raise SystemExit(f"cutfarm: config file {path!r} cannot be read (permission denied)") \
+            from None
+    except UnicodeDecodeError:
+        raise SystemExit(f"cutfarm: {path} is not a text (UTF-8 JSON) file") from None
     except json.JSONDecodeError as exc:
         raise SystemExit(f"cutfarm: {path} is not valid JSON: {exc}") from None
+
+
+def print_warnings(warnings: Sequence[str]) -> None:
+    for text in warnings:
+        print(f"cutfarm: warning: {text}", file=sys.stderr)
+
+
+def _config(path: str) -> ExportConfig:
+    config = parse_config(load_json(path))
+    print_warnings(unknown_field_warnings(config))
+    return config
 
 
 class _Bar:
@@ -51,7 +70,7 @@ class _Bar:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    config = parse_config(_load(args.config))
+    config = _config(args.config)
     roots = [Path(r) for r in args.media_root]
     out = Path(args.output) if args.output else Path(f"{config.id}.{config.output.format}")
     cancel = threading.Event()
@@ -74,7 +93,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    config = parse_config(_load(args.config))
+    config = _config(args.config)
     prep = prepare(config, [Path(r) for r in args.media_root])
     print("\n".join(describe_plan(prep)))
     return 0

@@ -1,8 +1,9 @@
 """The editor's export config, schema version 1, as typed data.
 
-The shapes follow ../shared/contract/editor-api.md exactly; unknown fields are kept (the
-editor may add some) and our additions (``accuracy``, ``priority``, ``callbackUrl``) are
-optional, so a config the editor sends today always validates. The models check what can be
+The shapes follow the editor's export config exactly (docs/api.md). Unknown fields are kept
+(the editor may add some) but reported by ``unknown_field_warnings`` so a typo is never
+silently ignored; our additions (``accuracy``, ``priority``, ``callbackUrl``) are optional, so
+a config the editor sends today always validates. The models check what can be
 checked without media (ranges, ordering, index bounds, path shape); probing happens later.
 
 Times arrive as floats from the editor's playhead; ``seconds()`` turns them into exact
@@ -11,6 +12,7 @@ Fractions of the float's shortest decimal form so planning never accumulates flo
 
 from __future__ import annotations
 
+import difflib
 import re
 from enum import StrEnum
 from fractions import Fraction
@@ -118,6 +120,39 @@ class ExportConfig(_Model):
                     f"{len(self.sources)} sources",
                     field=f"segments[{i}].sourceIndex",
                 )
+
+
+#: Fields the editor's authors planned for later schema versions; we do not act on them yet.
+PLANNED_FIELDS = frozenset({"audioOverride", "transitions", "globalTrim", "watermark",
+                            "s3Upload"})
+
+
+def unknown_field_warnings(config: ExportConfig) -> list[str]:
+    """One sentence per field we keep but do not act on, with the closest known name.
+
+    Unknown fields are allowed so a newer editor still gets its export, but a typo such as
+    ``audioFromSorce`` silently changes the result; the user must hear about it.
+    """
+    places: list[tuple[str, BaseModel]] = [("", config), ("output", config.output)]
+    places += [(f"sources[{i}]", s) for i, s in enumerate(config.sources)]
+    places += [(f"segments[{i}]", s) for i, s in enumerate(config.segments)]
+    warnings: list[str] = []
+    for prefix, model in places:
+        known = _known_names(type(model))
+        for name in model.model_extra or {}:
+            where = f"{prefix}.{name}" if prefix else name
+            if not prefix and name in PLANNED_FIELDS:
+                warnings.append(f"{where} is not supported yet and was ignored")
+                continue
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            warnings.append(f"{where} is not a known field and was ignored{hint}")
+    return warnings
+
+
+def _known_names(model: type[BaseModel]) -> list[str]:
+    """The names a model accepts on input (the editor's camelCase aliases)."""
+    return [info.alias or name for name, info in model.model_fields.items()]
 
 
 def seconds(value: float) -> Fraction:

@@ -2,7 +2,8 @@
 
 In copy mode a piece sits between copied camera GOPs, so its encoder is matched to the
 source: codec, profile, bit depth and chroma, size, sample aspect, colour description,
-and no more B-frame reordering than the source (see ../shared/notes/smart-cut.md). Quality
+and no more B-frame reordering than the source (the output track has one reorder delay,
+the copied GOPs'). Quality
 defaults to a low CRF: a re-encoded head or tail should not be visibly softer than the copied
 frames beside it. In transcode mode every piece is a GOP-aligned chunk encoded with one set
 of settings, so chunks join without a seam.

@@ -40,6 +40,18 @@ def resolve_source(file_path: str, media_roots: Sequence[Path], *, field: str) -
             continue
         if real.exists():
             return real
-    raise SourceNotFoundError(
-        f"{field}: source file {file_path!r} was not found in the media folder", field=field
-    )
+    raise SourceNotFoundError(_not_found(file_path, raw, media_roots, field), field=field)
+
+
+def _not_found(file_path: str, raw: PurePosixPath, media_roots: Sequence[Path],
+               field: str) -> str:
+    """Say where we looked, and where the file is when it sits one folder too high."""
+    looked = " or ".join(f"{root / SOURCES_DIR}/" for root in media_roots)
+    text = f"{field}: source file {file_path!r} was not found in {looked}"
+    if raw.is_absolute():
+        return text
+    misplaced = next((root for root in media_roots if (root / raw).is_file()
+                      and (root / raw).resolve().is_relative_to(root.resolve())), None)
+    if misplaced is not None:
+        text += (f"; it is in {misplaced}/ itself: move it into {misplaced / SOURCES_DIR}/")
+    return text

@@ -16,13 +16,14 @@ from urllib.parse import quote
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from ray.exceptions import RayError
 
 from cluster.api import CutfarmCluster
 from cluster.errors import ClusterError, JobNotFoundError
 from cluster.jobs import JobState, JobStatus
 from cluster.settings import Settings
-from render.config import is_valid_job_id
+from render.config import is_valid_job_id, unknown_field_warnings
 from render.errors import ConfigError, RenderError
 
 from .errors import NOT_FOUND, HTTPProblem, problem_response
@@ -37,7 +38,8 @@ ClusterProvider = Callable[[], CutfarmCluster]
 
 
 def create_app(settings: Settings, get_cluster: ClusterProvider) -> FastAPI:
-    app = FastAPI(
+    # FastAPIOffline: the same FastAPI app, with /docs served from bundled assets, not a CDN.
+    app = FastAPIOffline(
         title="cutfarm",
         version="1",
         description="Frame-accurate server-side export for browser video editors.",
@@ -88,6 +90,10 @@ def _view(request: Request, status: JobStatus) -> dict[str, Any]:
         body["downloadUrl"] = download_url(status.job_id, _token(request))
     body.update(stage=status.stage, etaSeconds=status.eta_seconds,
                 createdAt=status.created_at, updatedAt=status.updated_at)
+    if status.warnings:
+        body["warnings"] = status.warnings
+    if status.interrupted_at is not None:
+        body["interruptedAt"] = status.interrupted_at
     return body
 
 
@@ -109,8 +115,11 @@ router = APIRouter()
 async def create_export(request: Request) -> JSONResponse:
     _authorized(request)
     status = await _cluster(request).submit(await _read_config(request))
-    return JSONResponse({"jobId": status.job_id, "status": status.status.value,
-                         "message": "Export job created"})
+    body: dict[str, Any] = {"jobId": status.job_id, "status": status.status.value,
+                            "message": "Export job created"}
+    if status.warnings:  # only added: a clean config gets exactly the editor's answer
+        body["warnings"] = status.warnings
+    return JSONResponse(body)
 
 
 @router.post("/api/export/plan", summary="Preflight: the plan for a config, no job created")
@@ -153,7 +162,11 @@ async def export_events(request: Request, job_id: str) -> StreamingResponse:
         while not status.status.terminal:
             if await request.is_disconnected():
                 return
-            nxt = await cluster.wait_change(job_id, status.version, EVENT_KEEPALIVE_SECONDS)
+            try:
+                nxt = await cluster.wait_change(job_id, status.version,
+                                                EVENT_KEEPALIVE_SECONDS)
+            except (ClusterError, RayError):
+                return  # the cluster is going away: end the stream, the client reconnects
             if nxt.version == status.version:
                 yield b": keep-alive\n\n"
                 continue
@@ -188,12 +201,17 @@ async def export_download(request: Request, job_id: str, expires: str | None = N
                         headers={"Content-Disposition": content_disposition(name, ext)})
 
 
-@router.delete("/api/export/{job_id}", summary="Cancel a running export")
+@router.delete("/api/export/{job_id}",
+                summary="Cancel a pending or running export; remove a finished one")
 async def cancel_export(request: Request, job_id: str) -> JSONResponse:
     _authorized(request)
-    status = await _cluster(request).cancel(_job_id(job_id))
-    message = ("Export cancelled" if status.status == JobState.CANCELLED
-               else f"Export already {status.status.value}")
+    status, removed = await _cluster(request).delete(_job_id(job_id))
+    if removed:
+        message = "Export deleted"
+    elif status.status == JobState.CANCELLED:
+        message = "Export cancelled"
+    else:  # it finished while we were stopping it; its output stays
+        message = f"Export already {status.status.value}"
     return JSONResponse({"jobId": status.job_id, "status": status.status.value,
                          "message": message})
 
@@ -265,4 +283,5 @@ def plan_view(prep: Any) -> dict[str, Any]:
         "reencodedFrames": plan.encode_frames,
         "estimatedBytes": estimate_output_bytes(prep),
         "estimatedSeconds": round(est_seconds, 1),
+        "warnings": unknown_field_warnings(prep.config),
     }

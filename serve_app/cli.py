@@ -1,14 +1,6 @@
-"""``cutfarm``: run the service, talk to it, or run the engine in process.
+"""The ``cutfarm`` command: run the service, talk to it, or run the engine in process.
 
-    cutfarm serve [--host H] [--port P] [--media-root DIR] [--token T]
-    cutfarm submit CONFIG.json [--wait] [--download PATH]
-    cutfarm status JOB_ID | cancel JOB_ID | list [--state S]
-    cutfarm demo
-    cutfarm render CONFIG.json --media-root DIR -o OUT.mp4     (in process, no server)
-    cutfarm plan CONFIG.json --media-root DIR
-
-Client commands reach the server at ``--url`` (default ``CUTFARM_URL`` or
-http://127.0.0.1:8000) with the token in ``CUTFARM_API_TOKEN``.
+``HELP`` below is what ``cutfarm --help`` shows; keep the two in step.
 """
 
 from __future__ import annotations
@@ -18,17 +10,35 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cluster.settings import MediaRoot, Settings, SettingsError, parse_media_roots
+from cluster.errors import ClusterError
+from cluster.settings import Settings, SettingsError, parse_media_roots
 from render import cli as render_cli
 
 from .client import ApiError, Client
+from .errors import ServeRefusedError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+
+HELP = f"""\
+Frame-exact server-side export for browser video editors.
+
+  cutfarm serve [--host H] [--port P] [--media-root DIR] [--token T]
+  cutfarm submit CONFIG.json [--wait] [--download PATH]
+  cutfarm status JOB_ID
+  cutfarm cancel JOB_ID        stop a pending or running export
+  cutfarm delete JOB_ID        remove a finished export and its output
+  cutfarm list [--state S]
+  cutfarm demo
+  cutfarm render CONFIG.json --media-root DIR -o OUT.mp4   (in process, no server)
+  cutfarm plan CONFIG.json --media-root DIR                 (in process, no server)
+
+Client commands reach the server at --url (default: CUTFARM_URL or {DEFAULT_URL})
+with the token in CUTFARM_API_TOKEN.
+"""
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -48,40 +58,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import ray
-    from ray import serve
+    from .server import run
 
-    from cluster.api import ensure_ray
-
-    from .app import build_app
-
-    settings = _settings(args)
-    root: MediaRoot = settings.media_roots[0]
-    (root.path / "sources").mkdir(parents=True, exist_ok=True)
-    settings.export_root.mkdir(parents=True, exist_ok=True)
-    started_here = ensure_ray(settings)
-    serve.start(http_options={"host": settings.host, "port": settings.port})
-    serve.run(build_app(settings), name="cutfarm", route_prefix="/", blocking=False)
-    base = f"http://{settings.host}:{settings.port}"
-    dashboard = ray.get_runtime_context().worker.node.address_info.get("webui_url") or ""
-    print(f"cutfarm is serving {root.path} (sources in {root.path / 'sources'})")
-    print(f"  API        {base}/api/export")
-    print(f"  API docs   {base}/docs")
-    if dashboard:
-        print(f"  dashboard  http://{dashboard}")
-    if settings.api_token:
-        print("  token      required (Authorization: Bearer ...)")
-    print("Press Ctrl-C to stop.", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopping", file=sys.stderr)
-    finally:
-        serve.shutdown()  # type: ignore[no-untyped-call]
-        if started_here:
-            ray.shutdown()
-    return 0
+    return run(_settings(args))
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -108,7 +87,9 @@ def _follow(client: Client, job_id: str) -> dict[str, Any]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    config = json.loads(Path(args.config).read_text(encoding="utf-8"))
+    config = render_cli.load_json(args.config)
+    if not isinstance(config, dict):
+        raise SystemExit(f"cutfarm: {args.config} must hold a JSON object (the export config)")
     return _submit(_client(args), config, args.wait or bool(args.download), args.download)
 
 
@@ -116,9 +97,15 @@ def _submit(client: Client, config: dict[str, Any], wait: bool, download: str | 
     created = client.submit(config)
     job_id = created["jobId"]
     print(f"{job_id}: {created['message']}")
+    render_cli.print_warnings(created.get("warnings", []))
     if not wait:
         return 0
     final = _follow(client, job_id)
+    if final.get("status") not in ("completed", "failed", "cancelled"):
+        print(f"cutfarm: the connection to the server ended while {job_id} was "
+              f"{final.get('status')} ({final.get('message', '')}); follow it with: "
+              f"cutfarm status {job_id}", file=sys.stderr)
+        return 1
     if final.get("status") != "completed":
         print(f"{job_id}: {final.get('status')}: {final.get('error', '')}", file=sys.stderr)
         return 1
@@ -134,7 +121,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    print(json.dumps(_client(args).cancel(args.job_id), indent=2))
+    client = _client(args)
+    state = client.status(args.job_id)["status"]
+    if state in ("completed", "failed", "cancelled"):
+        # DELETE removes a finished export's output: never do that behind "cancel".
+        print(f"cutfarm: {args.job_id} is already {state}; to remove it and its output, "
+              f"run: cutfarm delete {args.job_id}", file=sys.stderr)
+        return 1
+    print(json.dumps(client.delete(args.job_id), indent=2))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    print(json.dumps(_client(args).delete(args.job_id), indent=2))
     return 0
 
 
@@ -159,7 +158,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cutfarm", description=__doc__,
+    parser = argparse.ArgumentParser(prog="cutfarm", description=HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -188,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     client_flags(p)
     p.set_defaults(func=cmd_submit)
     for name, func, helptext in (("status", cmd_status, "show a job's status"),
-                                 ("cancel", cmd_cancel, "cancel a job")):
+                                 ("cancel", cmd_cancel, "cancel a pending or running job"),
+                                 ("delete", cmd_delete,
+                                  "cancel a job, or remove a finished one and its output")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("job_id")
         client_flags(p)
@@ -217,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApiError as exc:
         print(f"cutfarm: {exc}", file=sys.stderr)
         return 2
-    except SettingsError as exc:
+    except (SettingsError, ServeRefusedError, ClusterError) as exc:
         print(f"cutfarm: {exc}", file=sys.stderr)
         return 2
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import urllib.error
@@ -47,7 +48,8 @@ class Client:
         result: dict[str, Any] = self._request("GET", f"/api/export/{job_id}/status")
         return result
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def delete(self, job_id: str) -> dict[str, Any]:
+        """DELETE: cancels a pending or running export, removes a finished one."""
         result: dict[str, Any] = self._request("DELETE", f"/api/export/{job_id}")
         return result
 
@@ -65,15 +67,20 @@ class Client:
             resp = urllib.request.urlopen(req, timeout=60)
         except urllib.error.HTTPError as exc:
             raise ApiError(exc.code, _error_text(exc)) from None
+        except urllib.error.URLError as exc:
+            raise ApiError(0, f"cannot reach {self.base}: {exc.reason}") from None
         with resp:
             data: list[str] = []
-            for raw in resp:
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith("data:"):
-                    data.append(line[5:].strip())
-                elif not line and data:
-                    yield json.loads("\n".join(data))
-                    data = []
+            try:
+                for raw in resp:
+                    line = raw.decode().rstrip("\r\n")
+                    if line.startswith("data:"):
+                        data.append(line[5:].strip())
+                    elif not line and data:
+                        yield json.loads("\n".join(data))
+                        data = []
+            except (OSError, http.client.HTTPException):
+                return  # the server went away mid-stream: the caller sees the last status
 
     def download(self, url_path: str, dest: Path) -> int:
         req = urllib.request.Request(self.base + url_path)

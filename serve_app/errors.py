@@ -11,6 +11,9 @@ field when there is one.
     cluster.AdmissionError                      507  not enough disk for the export
     cluster.ClusterUnavailableError, RayError   503  Ray or our actors are restarting
     any other RenderError / ClusterError        500
+
+Not an HTTP answer: ``ServeRefusedError``, raised by ``cutfarm serve`` when it must not start
+(port taken, export root or Ray cluster already served); the CLI prints it and exits 2.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from cluster.errors import (
 from render.errors import ConfigError, MediaError, RenderError
 
 NOT_FOUND = "Export not found or not completed"
+
+
+class ServeRefusedError(Exception):
+    """``cutfarm serve`` will not start here; the message says why and what to do."""
 
 
 class HTTPProblem(Exception):

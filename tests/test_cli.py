@@ -97,4 +97,57 @@ def test_submit_wait_download_status_list_cancel(server: tuple[str, Path], media
     missing = run_cli("status", "export-none", url=url)
     assert missing.returncode == 2 and "not found" in missing.stderr
     cancel = run_cli("cancel", "export-cli", url=url)
-    assert json.loads(cancel.stdout)["message"] == "Export already completed"
+    assert cancel.returncode == 1 and "cutfarm delete export-cli" in cancel.stderr
+    assert (root / "exports" / "export-cli" / "output.mp4").is_file()  # cancel kept it
+    delete = run_cli("delete", "export-cli", url=url)
+    assert json.loads(delete.stdout)["message"] == "Export deleted"
+    assert not (root / "exports" / "export-cli").exists()
+
+
+def test_submit_reports_typos_as_warnings(server: tuple[str, Path], media_root: Media,
+                                          tmp_path: Path) -> None:
+    url, root = server
+    src = root / "sources" / "h264_a.mp4"
+    if not src.exists():
+        src.hardlink_to(media_root.sources / "h264_a.mp4")
+    cfg = {"version": 1, "id": "export-typo", "sources": [{"filePath": "h264_a.mp4"}],
+           "segments": [{"sourceIndex": 0, "startTime": 0.5, "endTime": 1.5,
+                         "audioFromSorce": False}]}
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps(cfg))
+    r = run_cli("submit", str(path), url=url)
+    assert r.returncode == 0, r.stderr
+    assert ("cutfarm: warning: segments[0].audioFromSorce is not a known field and was "
+            "ignored; did you mean 'audioFromSource'?") in r.stderr
+    plan = subprocess.run([*CUTFARM, "plan", str(path), "--media-root", str(root)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert plan.returncode == 0, plan.stderr
+    assert "did you mean 'audioFromSource'?" in plan.stderr
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (None, "not found"),
+    ("{\"version\": 1, ", "is not valid JSON"),
+    ("[1, 2]", "must hold a JSON object"),
+    (b"\xff\xfe\x00", "not a text"),
+])
+def test_submit_bad_files_get_a_sentence_not_a_traceback(
+        tmp_path: Path, content: str | bytes | None, words: str) -> None:
+    path = tmp_path / "broken.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    # No server is needed: the file is read before anything is sent (port 9 is discard).
+    r = run_cli("submit", str(path), url="http://127.0.0.1:9", timeout=60)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("cutfarm: ") and words in r.stderr, r.stderr
+
+
+def test_help_is_plain_text() -> None:
+    r = subprocess.run([*CUTFARM, "--help"], capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == 0
+    assert "``" not in r.stdout
+    assert "cutfarm delete JOB_ID" in r.stdout and "cutfarm status JOB_ID" in r.stdout

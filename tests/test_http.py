@@ -41,7 +41,7 @@ def client(api: Api) -> Iterator[httpx.Client]:
 def editor_config(job_id: str, segments: list[tuple[int, float, float]] = MULTICAM,
                   files: tuple[str, ...] = ("h264_a.mp4", "h264_b.mp4"),
                   **output: Any) -> dict[str, Any]:
-    """Shaped exactly like the editor's example config (shared/contract)."""
+    """Shaped exactly like the editor's config (tests/fixtures/editor-config.json)."""
     return {
         "version": 1,
         "id": job_id,
@@ -216,6 +216,9 @@ def test_cancel_mid_job(api: Api, client: httpx.Client) -> None:
     assert client.get("/api/export/export-stop/download").status_code == 404
     job_dir = api.root / "exports" / "export-stop"
     assert sorted(p.name for p in job_dir.iterdir()) == ["config.json", "status.json"]
+    # Cancelled is finished: a second DELETE removes the record too.
+    second = client.delete("/api/export/export-stop")
+    assert second.json()["message"] == "Export deleted" and not job_dir.exists()
 
 
 def test_list_events_plan_and_health(client: httpx.Client) -> None:
@@ -267,3 +270,75 @@ def test_twenty_submissions_at_once(client: httpx.Client, api: Api) -> None:
     for job_id in results:
         assert poll(client, job_id, timeout=300)["status"] == "completed"
         assert (api.root / "exports" / job_id / "output.mp4").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- issue 8
+
+
+def test_unknown_fields_are_reported_as_warnings(api: Api, client: httpx.Client) -> None:
+    """Typos in optional fields used to be ignored silently and the export ran with audio."""
+    cfg = editor_config("export-typos")
+    cfg["segments"][0]["audioFromSorce"] = False
+    cfg["output"]["includeAudo"] = False
+    cfg["acuracy"] = "keyframe"
+    r = client.post("/api/export", json=cfg)
+    assert r.status_code == 200, r.text
+    warnings = r.json()["warnings"]
+    assert warnings == [
+        "acuracy is not a known field and was ignored; did you mean 'accuracy'?",
+        "output.includeAudo is not a known field and was ignored; did you mean "
+        "'includeAudio'?",
+        "segments[0].audioFromSorce is not a known field and was ignored; did you mean "
+        "'audioFromSource'?"]
+    assert client.post("/api/export/plan", json=cfg).json()["warnings"] == warnings
+    assert poll(client, "export-typos")["warnings"] == warnings
+    clean = client.post("/api/export/plan", json=editor_config("export-clean")).json()
+    assert clean["warnings"] == []
+
+
+def test_source_not_found_says_where_it_looked(api: Api, client: httpx.Client) -> None:
+    (api.root / "upstairs.mp4").hardlink_to(api.root / "sources" / "h264_a.mp4")
+    cfg = editor_config("export-where", files=("upstairs.mp4", "h264_b.mp4"))
+    r = client.post("/api/export", json=cfg)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert f"was not found in {api.root / 'sources'}/" in error, error
+    assert f"it is in {api.root}/ itself: move it into {api.root / 'sources'}/" in error
+    cfg = editor_config("export-where", files=("nowhere.mp4", "h264_b.mp4"))
+    error = client.post("/api/export", json=cfg).json()["error"]
+    assert f"not found in {api.root / 'sources'}/" in error and "move it" not in error
+
+
+def test_delete_removes_a_finished_export(api: Api, client: httpx.Client) -> None:
+    """The old backend's DELETE was cancel/cleanup: a finished export goes, output and all."""
+    assert client.post("/api/export", json=editor_config("export-gone")).status_code == 200
+    assert client.post("/api/export", json=editor_config("export-stays")).status_code == 200
+    assert poll(client, "export-gone")["status"] == "completed"
+    assert poll(client, "export-stays")["status"] == "completed"
+    job_dir = api.root / "exports" / "export-gone"
+    assert (job_dir / "output.mp4").is_file()
+    r = client.delete("/api/export/export-gone")
+    assert r.status_code == 200
+    assert r.json() == {"jobId": "export-gone", "status": "completed",
+                        "message": "Export deleted"}
+    assert not job_dir.exists()
+    assert client.get("/api/export/export-gone/status").status_code == 404
+    assert client.get("/api/export/export-gone/download").status_code == 404
+    again = client.delete("/api/export/export-gone")
+    assert again.status_code == 404 and "not found" in again.json()["error"]
+    listed = {j["jobId"] for j in client.get("/api/export").json()["jobs"]}
+    assert "export-gone" not in listed and "export-stays" in listed
+    assert client.get("/api/export/export-stays/download").status_code == 200
+
+
+def test_docs_page_needs_no_cdn(client: httpx.Client) -> None:
+    page = client.get("/docs").text
+    assets = [a for a in ("swagger-ui-bundle.js", "swagger-ui.css") if a in page]
+    assert len(assets) == 2
+    for line in page.splitlines():
+        if "src=" in line or "href=" in line:
+            assert "http://" not in line and "https://" not in line, line
+    for url in ("/static-offline-docs/swagger-ui-bundle.js",
+                "/static-offline-docs/swagger-ui.css"):
+        r = client.get(url)
+        assert r.status_code == 200 and len(r.content) > 10_000, url

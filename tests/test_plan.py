@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from render.config import Accuracy, parse_config, seconds
+from render.config import Accuracy, parse_config, seconds, unknown_field_warnings
 from render.errors import ConfigError, SegmentRangeError
 from render.media import FrameIndex, VideoFormat
 from render.plan import (
@@ -42,7 +42,8 @@ from render.plan import (
     select_frames,
 )
 
-EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "shared" / "contract" / "example-config.json"
+#: A config shaped exactly as the editor sends it (see docs/api.md).
+EXAMPLE_CONFIG = Path(__file__).resolve().parent / "fixtures" / "editor-config.json"
 TB_15360 = Fraction(1, 15360)
 TB_NTSC = Fraction(1, 30000)
 H264 = VideoFormat("h264", 1920, 1080, "yuv420p")
@@ -1200,7 +1201,8 @@ def example() -> dict[str, Any]:
 
 def test_example_config_validates() -> None:
     cfg = parse_config(example())
-    assert cfg.id == "export-abc123" and len(cfg.sources) == 3
+    assert cfg.id == "export-3f6d2c1a-8b7e-4d2f-9a41-0c5e7b9d1f22" and len(cfg.sources) == 3
+    assert cfg.sources[1].file_path == "host close.mp4"
     assert [(s.source_index, s.start, s.end) for s in cfg.segments] == [
         (0, 0, Fraction(25, 2)), (1, Fraction(25, 2), 28), (0, 28, 45)]
     assert cfg.output.codec == "copy" and not cfg.output.reencodes
@@ -1270,3 +1272,25 @@ def test_parse_config_keeps_unknown_fields_and_accepts_extensions() -> None:
     cfg = parse_config(data)
     assert cfg.accuracy is Accuracy.KEYFRAME
     assert cfg.callback_url == "https://example.com/hook"
+
+
+def test_unknown_fields_become_warnings_with_the_closest_name() -> None:
+    """Issue 8: typos in optional fields were accepted and ignored without a word."""
+    assert unknown_field_warnings(parse_config(example())) == []
+    data = example()
+    data["segments"][2]["audioFromSorce"] = False
+    data["output"]["includeAudo"] = False
+    data["sources"][1]["hasAudoi"] = False
+    data["acuracy"] = "keyframe"
+    data["watermark"] = {"text": "draft"}
+    data["zzzz"] = 1
+    assert unknown_field_warnings(parse_config(data)) == [
+        "acuracy is not a known field and was ignored; did you mean 'accuracy'?",
+        "watermark is not supported yet and was ignored",
+        "zzzz is not a known field and was ignored",
+        "output.includeAudo is not a known field and was ignored; did you mean "
+        "'includeAudio'?",
+        "sources[1].hasAudoi is not a known field and was ignored; did you mean 'hasAudio'?",
+        "segments[2].audioFromSorce is not a known field and was ignored; did you mean "
+        "'audioFromSource'?",
+    ]

@@ -3,7 +3,7 @@
 Skipped in the default test run (``pyproject.toml`` adds ``--benchmark-skip``; the skip is
 applied at collection, so neither the media fixture nor Ray ever starts then). Run with::
 
-    cd /work/main && .venv/bin/python -m pytest tests/bench/test_bench_cluster.py \
+    .venv/bin/python -m pytest tests/bench/test_bench_cluster.py \
         --benchmark-only -s
 
 Media: the engine benchmarks' three 1280x720 cameras (``tests/bench/benchmedia.py``; set

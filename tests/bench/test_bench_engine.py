@@ -3,7 +3,7 @@
 Skipped in the default test run (``pyproject.toml`` adds ``--benchmark-skip``; the skip is
 applied at collection, so the media fixtures below never run then). Run them with::
 
-    cd /work/main && .venv/bin/python -m pytest tests/bench --benchmark-only -s
+    .venv/bin/python -m pytest tests/bench --benchmark-only -s
 
 (``--benchmark-enable`` does *not* override ``--benchmark-skip``; use ``--benchmark-only``.)
 ``-s`` shows the printed summaries; the same numbers are stored in each benchmark's

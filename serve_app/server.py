@@ -1,0 +1,265 @@
+"""``cutfarm serve``: one API per Ray cluster and per export root, and a clean stop.
+
+    port free? -> lock <export root>/.cutfarm-serve.lock -> Ray (attach or start)
+      -> refuse if that cluster already runs a cutfarm app -> Serve app -> banner
+      -> wait for SIGTERM / SIGINT
+      -> we started Ray: running exports go back to the queue marked "interrupted" (the
+         next start resumes them and says so), then Serve and Ray stop with every process
+         they started
+      -> we attached to a cluster: only our app is removed; the cluster's exports go on
+
+A second ``serve`` must never disturb a running one: it used to attach to the first's Ray,
+redeploy the app over it, print a port Serve ignored, and on exit shut Serve down for both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from cluster.settings import Settings
+
+from .errors import ServeRefusedError
+
+log = logging.getLogger("cutfarm.serve")
+
+APP_NAME = "cutfarm"
+LOCK_FILE = ".cutfarm-serve.lock"
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What a running ``serve`` is: written into its lock file for the next one to read."""
+
+    pid: int
+    url: str
+    ray_address: str
+
+    def describe(self) -> str:
+        return f"{self.url} (pid {self.pid}, Ray at {self.ray_address})"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse early when something already listens where the API should."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ServeRefusedError(f"--host {host!r} is not an address of this machine") \
+            from exc
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as exc:
+            raise ServeRefusedError(
+                f"port {port} on {host} is already in use (another cutfarm serve or another "
+                f"program); stop it or choose another one with --port") from exc
+
+
+@contextlib.contextmanager
+def serve_lock(export_root: Path) -> Iterator[TextIO]:
+    """Hold the export root for this process; refuse when another ``serve`` holds it.
+
+    Two services on one export root would both resume its unfinished jobs. The lock is an
+    flock, so it is released by the kernel however this process ends.
+    """
+    export_root.mkdir(parents=True, exist_ok=True)
+    path = export_root / LOCK_FILE
+    fh = path.open("a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = _read_holder(fh.read())
+            where = holder.describe() if holder else "by another process"
+            raise ServeRefusedError(
+                f"cutfarm is already serving {export_root.parent} at {where}; stop it, or "
+                "give this one its own --media-root (and --port)") from None
+        yield fh
+    finally:
+        fh.close()
+
+
+def record_serving(fh: TextIO, serving: Serving) -> None:
+    fh.seek(0)
+    fh.truncate()
+    fh.write(json.dumps(serving.__dict__))
+    fh.flush()
+
+
+def _read_holder(text: str) -> Serving | None:
+    try:
+        data = json.loads(text)
+        return Serving(int(data["pid"]), str(data["url"]), str(data["ray_address"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def check_no_cutfarm_app(ray_address: str) -> None:
+    """Refuse to deploy over a cutfarm app another ``serve`` runs on this cluster."""
+    from ray import serve
+
+    apps = serve.status().applications
+    if APP_NAME in apps:
+        raise ServeRefusedError(
+            f"a cutfarm API is already running on the Ray cluster at {ray_address} "
+            f"(Serve app {APP_NAME!r}, {serving_url_or('its configured port')}); stop it, "
+            "or start an independent one with --ray-address local --port PORT "
+            "--media-root DIR")
+
+
+def serving_url_or(default: str) -> str:
+    """Where this cluster's Serve proxy really listens (Serve keeps its first options)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        if client is None:
+            return default
+        http = client.http_config
+        return f"http://{http.host}:{http.port}"
+    except Exception:  # a private API: if it moves, the message only gets vaguer
+        return default
+
+
+def dashboard_login_hint(env: Mapping[str, str], home: Path) -> str:
+    """How to authenticate to the dashboard of a cluster with Ray token auth on."""
+    if env.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return "no login (RAY_AUTH_MODE=disabled)"
+    if env.get("RAY_AUTH_TOKEN"):
+        return "log in with the token in RAY_AUTH_TOKEN"
+    path = env.get("RAY_AUTH_TOKEN_PATH") or str(home / ".ray" / "auth_token")
+    return f"log in with the token in {path}; `ray get-auth-token` prints it"
+
+
+class StopSignal:
+    """SIGTERM and SIGINT both mean: stop cleanly. Installed after Ray starts, so they
+    replace the handler Ray's core worker installs, which dumps stacks and aborts."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.name = ""
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.event.is_set():
+            print("cutfarm: still stopping; it takes a few seconds", file=sys.stderr,
+                  flush=True)
+            return
+        self.name = signal.Signals(signum).name
+        self.event.set()
+
+    def wait(self) -> None:
+        while not self.event.wait(0.5):
+            pass
+
+
+def run(settings: Settings, out: TextIO = sys.stdout) -> int:
+    """The whole life of ``cutfarm serve``; returns the exit code."""
+    import ray
+    from ray import serve
+
+    from cluster.api import CutfarmCluster, ensure_ray
+
+    from .app import build_app
+
+    root = settings.media_roots[0].path
+    check_port_free(settings.host, settings.port)
+    (root / "sources").mkdir(parents=True, exist_ok=True)
+    with serve_lock(settings.export_root) as lock:
+        started_here = ensure_ray(settings)
+        stop = StopSignal()
+        stop.install()
+        address = ray.get_runtime_context().gcs_address
+        deployed = False
+        try:
+            if not started_here:
+                check_no_cutfarm_app(address)
+            serve.start(http_options={"host": settings.host, "port": settings.port})
+            url = f"http://{settings.host}:{settings.port}"
+            actual = serving_url_or(url)
+            if actual != url:
+                raise ServeRefusedError(
+                    f"the Ray cluster at {address} already serves HTTP at {actual} and "
+                    f"cannot also listen at {url}; use --port {actual.rsplit(':', 1)[1]} or "
+                    "--ray-address local")
+            deployed = True
+            serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+            record_serving(lock, Serving(os.getpid(), url, address))
+            cluster = CutfarmCluster.connect(settings)
+            resumed = ray.get(cluster.coordinator.resumed_jobs.remote())
+            _banner(out, settings, url, address, resumed)
+            stop.wait()
+            print(f"cutfarm: {stop.name or 'stop'} received; stopping", file=sys.stderr,
+                  flush=True)
+            if started_here:
+                _suspend(cluster, out)
+        finally:
+            if deployed:
+                _stop_serving(started_here)
+            ray.shutdown()  # stops a cluster we started; only disconnects from another
+    return 0
+
+
+def _banner(out: TextIO, settings: Settings, url: str, address: str,
+            resumed: list[dict[str, Any]]) -> None:
+    import ray
+
+    root = settings.media_roots[0].path
+    dashboard = ray.get_runtime_context().worker.node.address_info.get("webui_url") or ""
+    lines = [f"cutfarm is serving {root} (sources in {root / 'sources'})",
+             f"  API        {url}/api/export",
+             f"  API docs   {url}/docs",
+             f"  Ray        {address}"]
+    if dashboard:
+        hint = dashboard_login_hint(os.environ, Path.home())
+        lines.append(f"  dashboard  http://{dashboard}  ({hint})")
+    if settings.api_token:
+        lines.append("  token      required (Authorization: Bearer ...)")
+    for job in resumed:
+        lines.append(f"  resuming   {job['jobId']}: {job['why']}")
+    lines.append("Press Ctrl-C (or send SIGTERM) to stop.")
+    print("\n".join(lines), file=out, flush=True)
+
+
+def _suspend(cluster: Any, out: TextIO) -> None:
+    """Running exports go back to the queue, marked, before the cluster goes away."""
+    import ray
+
+    try:
+        ids = ray.get(cluster.coordinator.suspend.remote(), timeout=30)
+    except Exception as exc:  # the stop goes on: the next start still finds the jobs
+        print(f"cutfarm: could not mark running exports as interrupted ({exc}); the next "
+              "start resumes them anyway", file=sys.stderr)
+        return
+    for job_id in ids:
+        print(f"  interrupted {job_id}: it resumes when cutfarm serve starts again",
+              file=out, flush=True)
+
+
+def _stop_serving(started_here: bool) -> None:
+    from ray import serve
+
+    with contextlib.suppress(Exception):
+        if started_here:
+            serve.shutdown()  # type: ignore[no-untyped-call]
+        else:
+            # Not ours to stop: only our app goes; other apps and the exports stay.
+            serve.delete(APP_NAME)
