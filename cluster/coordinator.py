@@ -54,6 +54,9 @@ CONCAT_ATTEMPTS = 3
 ENCODED_FRAME_FACTOR = 2.0
 MESSAGE_INTERVAL = 0.5
 RETENTION_CHECK_SECONDS = 600.0
+#: Gauges are set again this often: a value set before the node's metrics agent took the
+#: metric was seen lost under load, and a gauge that never changes was then never exported.
+GAUGE_REFRESH_SECONDS = 5.0
 #: A job interrupted by this many coordinator restarts fails instead of running again.
 MAX_RESTARTS = 3
 #: The stage of a job put back in the queue because the server was stopped while it ran.
@@ -121,6 +124,7 @@ class Coordinator:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._gauges: asyncio.Task[None] | None = None
         self._ready: asyncio.Event | None = None
         self._starting: asyncio.Lock | None = None
         #: Set by ``suspend``: the cluster is going away, start nothing new.
@@ -153,6 +157,7 @@ class Coordinator:
             self._wake = asyncio.Event()
             self._loop = asyncio.create_task(self._schedule())
             self._sweeper = asyncio.create_task(self._retention())
+            self._gauges = asyncio.create_task(self._refresh_gauges())
             self._ready.set()
         self._kick()
         return len(self.queue)
@@ -311,6 +316,13 @@ class Coordinator:
             except Exception:  # a failed sweep must not end the loop; the next one retries
                 log.exception("retention sweep failed")
 
+    async def _refresh_gauges(self) -> None:
+        while True:
+            await asyncio.sleep(GAUGE_REFRESH_SECONDS)
+            self.metrics.queue_length(len(self.queue))
+            with contextlib.suppress(Exception):  # the status actor may be restarting
+                await self.status.report_states.remote()
+
     # ------------------------------------------------------------------ scheduling
 
     def _kick(self) -> None:
@@ -344,7 +356,7 @@ class Coordinator:
         except BaseException as exc:
             if run.cancelled:
                 return
-            log.warning("job %s failed: %r", job_id, exc)
+            log.warning("job %s failed: %s", job_id, failure_message(exc), exc_info=exc)
             self._cancel_refs(run)  # no piece of a failed job keeps a CPU busy
             await asyncio.to_thread(self.store.remove_outputs, job_id)
             await self.status.update.remote(job_id, {

@@ -36,7 +36,7 @@ class StatusBook:
         self.jobs: dict[str, JobStatus] = {s.job_id: s for s in store.iter_statuses()}
         self.next_seq = max((s.seq for s in self.jobs.values()), default=0) + 1
         self._written: dict[str, float] = {}
-        self._report_states()
+        self.report_states()
 
     # ------------------------------------------------------------------ queries
 
@@ -93,7 +93,7 @@ class StatusBook:
         self._touch(status)
         self._write(status, force=state is not None or "error" in fields)
         if state is not None and state != before:
-            self._report_states()
+            self.report_states()
         return status
 
     def add_work(self, job_id: str, bytes_: int = 0, frames: int = 0, samples: int = 0) -> None:
@@ -126,7 +126,7 @@ class StatusBook:
 
     def forget(self, job_id: str) -> None:
         self.jobs.pop(job_id, None)
-        self._report_states()
+        self.report_states()
 
     # ------------------------------------------------------------------ internals
 
@@ -153,7 +153,7 @@ class StatusBook:
         for s in self.jobs.values():
             self.store.write_status(s)
 
-    def _report_states(self) -> None:
+    def report_states(self) -> None:
         if self.metrics is not None:
             counts = {state: 0 for state in JobState}
             for s in self.jobs.values():
@@ -221,6 +221,10 @@ class StatusActor:
 
     async def flush(self) -> None:
         self.book.flush()
+
+    async def report_states(self) -> None:
+        """Set the job-state gauges again (the coordinator calls this periodically)."""
+        self.book.report_states()
 
     async def ping(self) -> str:
         return "ok"

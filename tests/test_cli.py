@@ -60,6 +60,13 @@ def run_cli(*args: str, url: str, timeout: float = 300) -> subprocess.CompletedP
                           timeout=timeout, check=False)
 
 
+def link_camera(root: Path, media_root: Media, name: str = "h264_a.mp4") -> None:
+    """Put one of the session's stamped cameras into the server's sources/."""
+    src = root / "sources" / name
+    if not src.exists():
+        src.hardlink_to(media_root.sources / name)
+
+
 def test_demo_exports_through_the_api(server: tuple[str, Path]) -> None:
     url, root = server
     demo = subprocess.run([*CUTFARM, "demo", "--media-root", str(root), "--url", url],
@@ -76,9 +83,7 @@ def test_demo_exports_through_the_api(server: tuple[str, Path]) -> None:
 def test_submit_wait_download_status_list_cancel(server: tuple[str, Path], media_root: Media,
                                                  tmp_path: Path) -> None:
     url, root = server
-    src = root / "sources" / "h264_a.mp4"
-    if not src.exists():
-        src.hardlink_to(media_root.sources / "h264_a.mp4")
+    link_camera(root, media_root)
     cfg = {"version": 1, "id": "export-cli", "projectName": "cli",
            "sources": [{"filePath": "h264_a.mp4"}],
            "segments": [{"sourceIndex": 0, "startTime": 0.5, "endTime": 4.5}],
@@ -107,9 +112,7 @@ def test_submit_wait_download_status_list_cancel(server: tuple[str, Path], media
 def test_submit_reports_typos_as_warnings(server: tuple[str, Path], media_root: Media,
                                           tmp_path: Path) -> None:
     url, root = server
-    src = root / "sources" / "h264_a.mp4"
-    if not src.exists():
-        src.hardlink_to(media_root.sources / "h264_a.mp4")
+    link_camera(root, media_root)
     cfg = {"version": 1, "id": "export-typo", "sources": [{"filePath": "h264_a.mp4"}],
            "segments": [{"sourceIndex": 0, "startTime": 0.5, "endTime": 1.5,
                          "audioFromSorce": False}]}

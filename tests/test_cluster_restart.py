@@ -68,6 +68,10 @@ def test_cluster_restart_resumes_pending_and_processing_jobs(media_root: Media,
     try:
         client = connect(roots, max_concurrent_jobs=1)
         assert client.settings.namespace != namespace  # nothing carried over but the files
+        # Issue 8: it used to resume silently; now it says so (and `serve` prints this).
+        assert ray.get(client.coordinator.resumed_jobs.remote()) == [
+            {"jobId": "export-slow", "why": "the service stopped unexpectedly while it ran"}]
+        assert client.get_sync("export-slow").interrupted_at is not None
         for job in ("export-slow", "export-quick"):
             done = wait_terminal(client, job, timeout=300)
             assert done.status == JobState.COMPLETED, done.error

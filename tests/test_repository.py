@@ -53,3 +53,39 @@ def test_the_readme_points_at_files_that_exist() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for link in re.findall(r"\]\(([^)#:]+)\)", readme):
         assert (REPO / link).exists(), link
+
+
+def test_no_machine_paths_in_tracked_files() -> None:
+    """A docstring once told readers to `cd` into the path of the machine that wrote it."""
+    machine = re.compile(r"(?<![\w.])/(work|root)/\w")  # /home/ray is the image's home
+    offenders = []
+    for path in tracked_files():
+        if path.suffix not in {".py", ".sh", ".md", ".toml", ".yaml", ".yml"}:
+            continue
+        text = path.read_text(encoding="utf-8")
+        offenders += [f"{path.relative_to(REPO)}:{n}" for n, line in
+                      enumerate(text.splitlines(), 1) if machine.search(line)]
+    assert offenders == []
+
+
+def test_scripts_skip_pip_when_nothing_changed(tmp_path: Path) -> None:
+    """serve.sh re-ran pip (about 4 s) on every start."""
+    fake = tmp_path / ".venv" / "bin" / "python"
+    fake.parent.mkdir(parents=True)
+    calls = tmp_path / "calls"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+    (tmp_path / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
+
+    def install(requirement: str) -> list[str]:
+        subprocess.run(["bash", "-c", f'. "{REPO}/scripts/_venv.sh" "{requirement}"'],
+                       cwd=tmp_path, check=True, timeout=60)
+        return calls.read_text().splitlines() if calls.exists() else []
+
+    assert "-m pip install --quiet -e .[test]" in install(".[test]")
+    assert len(install(".[test]")) == 2  # nothing new
+    assert len(install(".")) == 2  # ".[test]" holds everything "." needs
+    with (tmp_path / "pyproject.toml").open("a") as fh:
+        fh.write("\n# changed\n")
+    assert install(".")[-1] == "-m pip install --quiet -e ."
+
