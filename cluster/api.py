@@ -21,7 +21,7 @@ from render.errors import ConfigError, RenderError
 
 from .coordinator import COORDINATOR_NAME, STATUS_NAME, Coordinator
 from .errors import ClusterUnavailableError, JobNotFoundError
-from .jobs import JobState, JobStatus
+from .jobs import JobState, JobStatus, PiecePlacement
 from .planning import plan_job
 from .settings import Settings
 from .status import StatusActor
@@ -133,6 +133,15 @@ class CutfarmCluster:
         the bool says whether the job was removed."""
         return await self._call(lambda: self.coordinator.delete.remote(job_id))
 
+    async def list_page(self, states: list[JobState] | None, after: int = 0,
+                        limit: int = 100) -> tuple[list[JobStatus], int | None]:
+        """One page of jobs in arrival order and the cursor of the next (None: last page)."""
+        return await self._call(lambda: self.status.page.remote(states, after, limit))
+
+    async def pieces(self, job_id: str) -> tuple[PiecePlacement, ...]:
+        """Where each piece of the job ran (this cluster's run; not kept across restarts)."""
+        return await self._call(lambda: self.status.pieces.remote(job_id))
+
     async def list_jobs(self, states: list[JobState] | None = None) -> list[JobStatus]:
         return await self._call(lambda: self.status.list.remote(states))
 
@@ -168,6 +177,9 @@ class CutfarmCluster:
 
     def delete_sync(self, job_id: str) -> tuple[JobStatus, bool]:
         return _run_sync(self.delete(job_id))
+
+    def pieces_sync(self, job_id: str) -> tuple[PiecePlacement, ...]:
+        return _run_sync(self.pieces(job_id))
 
     def list_sync(self, states: list[JobState] | None = None) -> list[JobStatus]:
         return _run_sync(self.list_jobs(states))

@@ -24,15 +24,19 @@ from .tasks import PieceResult, _placement, _Reporter
 class _RefPieces:
     """PieceSource over Ray object refs; waits for each piece when the muxer reaches it.
 
-    Encoded pieces arrive as files on the shared work dir (or as bytes, written to one);
-    each file is deleted as soon as the muxer has consumed it, so a job's pieces never all
-    sit on disk beside its output.
+    Encoded pieces arrive as files on the shared work dir, or as bytes that this actor
+    writes to its own scratch folder. Its own copies are deleted as soon as the muxer has
+    consumed them; the work dir's files stay until the job ends (the coordinator removes
+    work/), because a concat actor that dies is replaced and the new one needs every piece
+    again (the soak run found jobs failing exactly there). The disk check at admission
+    reserves room for them.
     """
 
     def __init__(self, refs: list[Any], work: Path) -> None:
         self.refs = refs
         self.work = work
         self.files: dict[int, Path] = {}
+        self.scratch: set[int] = set()
 
     def _fetch(self, index: int) -> PieceResult:
         result: PieceResult = ray.get(self.refs[index])
@@ -45,13 +49,14 @@ class _RefPieces:
             if result.path is not None:
                 path = Path(result.path)
                 if not path.exists():
-                    # Pieces are deleted once muxed; only a second muxing pass (a too-small
-                    # index reservation) asks again. Fail clearly rather than write garbage.
-                    raise OutputError("a re-encoded piece was needed twice; please retry")
+                    # Work files live until the job ends: this means someone removed them.
+                    raise OutputError(f"re-encoded piece {index} is missing from the job's "
+                                      "work folder; please retry")
             else:
                 assert result.data is not None
                 path = self.work / f"piece-{index:05d}"
                 result.data.tofile(path)
+                self.scratch.add(index)
             self.files[index] = path
         return path
 
@@ -64,7 +69,8 @@ class _RefPieces:
 
     def release(self, index: int) -> None:
         path = self.files.pop(index, None)
-        if path is not None:
+        if path is not None and index in self.scratch:
+            self.scratch.discard(index)
             path.unlink(missing_ok=True)
 
 
@@ -78,7 +84,7 @@ class ConcatActor:
         when the muxer reaches it.
         """
         _placement(status, job_id, -2, "concat")
-        report = _Reporter(status, job_id)
+        report = _Reporter(status, job_id, "concat")
         out = Path(out_path)
         out.parent.mkdir(parents=True, exist_ok=True)
         # Inside the job's work/ folder, which the coordinator removes whatever happens (a

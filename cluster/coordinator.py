@@ -42,7 +42,7 @@ from .scheduling import (
 from .settings import Settings
 from .store import JobStore
 from .tasks import audio_task, copy_task, encode_task
-from .webhooks import notify_finished
+from .webhooks import RESUME_WINDOW_SECONDS, notify_finished
 
 log = logging.getLogger("cutfarm.coordinator")
 
@@ -63,9 +63,8 @@ MAX_RESTARTS = 3
 INTERRUPTED_STAGE = "interrupted"
 INTERRUPTED_MESSAGE = ("Interrupted: the server was stopped while this export ran; it "
                        "starts again when the server is back")
-#: Progress of a job that runs again from the start.
-_RESET: dict[str, Any] = {"progress": 0.0, "bytes_done": 0, "frames_done": 0,
-                          "samples_done": 0, "pieces": [], "eta_seconds": None}
+#: A job that runs again from the start: progress, totals and placements from zero.
+_RESET: dict[str, Any] = {"reset_work": True}
 
 
 @dataclass
@@ -154,6 +153,7 @@ class Coordinator:
             if self._ready.is_set():
                 return len(self.queue)
             await self._reload()
+            await self._resume_webhooks()
             self._wake = asyncio.Event()
             self._loop = asyncio.create_task(self._schedule())
             self._sweeper = asyncio.create_task(self._retention())
@@ -201,6 +201,18 @@ class Coordinator:
                        "the start",
             "attempts": s.attempts + 1, "interrupted_at": time.time()})
         return True
+
+    async def _notify(self, job_id: str) -> None:
+        await notify_finished(job_id, self.status, self.store, self.settings.webhook_key,
+                              allow_private=self.settings.webhook_allow_private)
+
+    async def _resume_webhooks(self) -> None:
+        """The outbox: deliveries a previous coordinator left unfinished go on."""
+        since = time.time() - RESUME_WINDOW_SECONDS
+        for s in await self.status.list.remote([JobState.COMPLETED, JobState.FAILED,
+                                                JobState.CANCELLED]):
+            if s.finished_at is not None and s.finished_at >= since:
+                await self._notify(s.job_id)
 
     async def resumed_jobs(self) -> list[dict[str, str]]:
         """The jobs found interrupted when this coordinator started, and why."""
@@ -281,10 +293,12 @@ class Coordinator:
             "status": JobState.CANCELLED, "stage": "cancelled",
             "message": "Export cancelled"})
         if status.status != JobState.CANCELLED:
-            # It finished while we were stopping it: its output stays.
+            # It finished while we were stopping it: its output stays, and its run (which
+            # we stopped) will not send the webhook, so we do.
+            await self._notify(job_id)
             return status
         await asyncio.to_thread(self.store.remove_outputs, job_id)
-        await notify_finished(job_id, self.status, self.store, self.settings.webhook_secret)
+        await self._notify(job_id)
         self._kick()
         return status
 
@@ -370,7 +384,7 @@ class Coordinator:
             self.running.pop(job_id, None)
             self._kick()
         # Reached only when this coroutine ended the job; cancel() notifies for its own.
-        await notify_finished(job_id, self.status, self.store, self.settings.webhook_secret)
+        await self._notify(job_id)
 
     async def _execute(self, run: _Run) -> None:
         job_id = run.job_id
@@ -382,7 +396,8 @@ class Coordinator:
             return  # cancelled (or otherwise ended) while it waited in the queue
         config = await asyncio.to_thread(self.store.read_config, job_id)
         prep = await plan_job(config, s, job_id)
-        await asyncio.to_thread(self._admit, run, prep)
+        free = await asyncio.to_thread(self.store.free_bytes)
+        self._admit(run, prep, free)
         work: str | None = None
         if s.media_roots[0].volume is None:  # exports are shared: pieces go there as files
             work_path = self.store.work_dir(job_id)
@@ -428,15 +443,17 @@ class Coordinator:
             "status": JobState.COMPLETED, "stage": "done", "message": "Export complete",
             "download_url": f"/api/export/{job_id}/download", "output_bytes": size})
 
-    def _admit(self, run: _Run, prep: Prepared) -> None:
+    def _admit(self, run: _Run, prep: Prepared, free_on_disk: int) -> None:
         """Fail early when the output cannot fit beside the other running jobs' outputs.
 
+        Runs on the event loop, which owns ``running``: check and reservation happen with
+        no await between them, so two jobs cannot both pass on the same free space.
         Re-encoded pieces wait on the export volume until the concat actor consumes them,
         which in the worst case (every piece done first) doubles their share.
         """
         need = estimate_output_bytes(prep) + estimate_encoded_bytes(prep)
         others = sum(r.reserved_bytes for r in self.running.values() if r is not run)
-        free = self.store.free_bytes() - others - self.settings.disk_headroom_bytes
+        free = free_on_disk - others - self.settings.disk_headroom_bytes
         if need > free:
             raise AdmissionError(
                 f"not enough disk space for this export: it needs about {need / 1e9:.1f} GB "

@@ -36,7 +36,8 @@ class JobState(StrEnum):
 
 
 class PiecePlacement(BaseModel):
-    """Where one piece of a job ran (for operators and locality tests)."""
+    """Where one piece of a job ran (for operators and locality tests). Kept beside the
+    status, not in it: the document every poll returns must not grow with the work."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -77,7 +78,6 @@ class JobStatus(BaseModel):
     interrupted_at: float | None = Field(default=None, alias="interruptedAt")
     #: Config fields we kept but did not act on (typos, fields of later schema versions).
     warnings: list[str] = Field(default_factory=list)
-    pieces: list[PiecePlacement] = Field(default_factory=list)
     webhook_attempts: list[dict[str, Any]] = Field(default_factory=list, alias="webhookAttempts")
     version: int = 0  # bumps on every change; lets watchers wait for the next one
 

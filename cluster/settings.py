@@ -1,8 +1,13 @@
 """cutfarm's settings: one typed object, read from the environment once.
 
-Every knob has a named default here and one environment variable (``CUTFARM_*``). The
-object is frozen: code that needs other values builds another ``Settings`` explicitly
-(tests do), never mutates the process-wide one.
+Every knob has a named default here and one environment variable (``CUTFARM_*``), read by
+pydantic-settings. The object is frozen: code that needs other values builds another
+``Settings`` explicitly (tests do), never mutates the process-wide one. Building one
+directly (``Settings(port=...)``) reads no environment; ``Settings.from_env()`` does.
+
+Secrets (``CUTFARM_API_TOKEN``, ``CUTFARM_WEBHOOK_SECRET``) are ``SecretStr``: they never
+show in a repr, a log line or an error. Each may instead be given as ``NAME_FILE``, the
+path of a file holding it (Docker and Kubernetes secrets are mounted as files).
 
 Media roots: ``CUTFARM_MEDIA_ROOTS`` is a comma-separated list of ``PATH`` or
 ``PATH=VOLUME``. A root without a volume is shared (every node sees it at the same path); a
@@ -15,9 +20,21 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEFAULT_MEDIA_ROOT = "./data"
 DEFAULT_HOST = "127.0.0.1"
@@ -32,6 +49,8 @@ DEFAULT_PRESET = "fast"
 #: Labels a node carries for each media volume it holds (see module docstring).
 VOLUME_LABEL_PREFIX = "cutfarm.io/media-"
 _VOLUME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$")
+#: Settings that may be given as ``NAME_FILE`` (a path) instead of ``NAME``.
+SECRET_VARIABLES = ("CUTFARM_API_TOKEN", "CUTFARM_WEBHOOK_SECRET")
 
 
 class SettingsError(ValueError):
@@ -48,27 +67,99 @@ class MediaRoot:
         return f"{VOLUME_LABEL_PREFIX}{self.volume}" if self.volume else None
 
 
-@dataclass(frozen=True)
-class Settings:
-    media_roots: tuple[MediaRoot, ...] = (MediaRoot(Path(DEFAULT_MEDIA_ROOT)),)
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    api_token: str | None = None
-    cors_origins: tuple[str, ...] = ()
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    ray_address: str | None = None  # None: connect to a running cluster or start one
-    namespace: str = DEFAULT_NAMESPACE
-    max_concurrent_jobs: int = DEFAULT_MAX_CONCURRENT_JOBS
-    max_piece_frames: int = DEFAULT_MAX_PIECE_FRAMES
-    max_piece_bytes: int = DEFAULT_MAX_PIECE_BYTES
-    retention_hours: float = DEFAULT_RETENTION_HOURS
-    webhook_secret: str | None = None
+def _env(name: str, *fallbacks: str) -> Any:
+    """An optional setting (default None) read from ``name`` (or the fallbacks); the
+    field's own name still works as a keyword argument."""
+    return Field(None, validation_alias=AliasChoices(name, *fallbacks))
+
+
+#: The environment ``from_env`` reads (unset: building a Settings reads no environment).
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("cutfarm_environ", default=None)
+
+
+class _MappingSource(EnvSettingsSource):
+    """Environment variables from a given mapping, with ``NAME_FILE`` secrets expanded."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = _with_secret_files(environ)
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k.lower(): v for k, v in self._environ.items()}
+
+
+def _with_secret_files(environ: Mapping[str, str]) -> dict[str, str]:
+    env = dict(environ)
+    for name in SECRET_VARIABLES:
+        path = env.get(f"{name}_FILE")
+        if path and not env.get(name):
+            try:
+                env[name] = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise SettingsError(f"{name}_FILE: cannot read {path!r} ({exc.strerror})") \
+                    from None
+    return env
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, populate_by_name=True, extra="ignore",
+                                      env_ignore_empty=True)
+
+    media_roots: Annotated[tuple[MediaRoot, ...], NoDecode] = Field(
+        default=DEFAULT_MEDIA_ROOT, validate_default=True,  # made absolute when read
+        validation_alias=AliasChoices("CUTFARM_MEDIA_ROOTS", "MEDIA_BASE_PATH"))
+    host: str = Field(DEFAULT_HOST, validation_alias=AliasChoices("CUTFARM_HOST"))
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535,
+                      validation_alias=AliasChoices("CUTFARM_PORT"))
+    api_token: SecretStr | None = _env("CUTFARM_API_TOKEN")
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=AliasChoices("CUTFARM_CORS_ORIGINS"))
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, le=1 << 30,
+                                validation_alias=AliasChoices("CUTFARM_MAX_BODY_BYTES"))
+    #: None: connect to a running cluster or start one.
+    ray_address: str | None = _env("CUTFARM_RAY_ADDRESS", "RAY_ADDRESS")
+    namespace: str = Field(DEFAULT_NAMESPACE,
+                           validation_alias=AliasChoices("CUTFARM_NAMESPACE"))
+    max_concurrent_jobs: int = Field(
+        DEFAULT_MAX_CONCURRENT_JOBS, ge=1, le=1000,
+        validation_alias=AliasChoices("CUTFARM_MAX_CONCURRENT_JOBS"))
+    max_piece_frames: int = Field(DEFAULT_MAX_PIECE_FRAMES, ge=30, le=1_000_000,
+                                  validation_alias=AliasChoices("CUTFARM_MAX_PIECE_FRAMES"))
+    max_piece_bytes: int = Field(DEFAULT_MAX_PIECE_BYTES, ge=1 << 20, le=1 << 40,
+                                 validation_alias=AliasChoices("CUTFARM_MAX_PIECE_BYTES"))
+    retention_hours: float = Field(DEFAULT_RETENTION_HOURS, ge=0,
+                                   validation_alias=AliasChoices("CUTFARM_RETENTION_HOURS"))
+    webhook_secret: SecretStr | None = _env("CUTFARM_WEBHOOK_SECRET")
     #: Let callback URLs point at loopback/private/link-local addresses (off: SSRF guard).
-    webhook_allow_private: bool = False
-    preset: str = DEFAULT_PRESET
+    webhook_allow_private: bool = Field(
+        False, validation_alias=AliasChoices("CUTFARM_WEBHOOK_ALLOW_PRIVATE"))
+    preset: str = Field(DEFAULT_PRESET, validation_alias=AliasChoices("CUTFARM_PRESET"))
     #: Free disk kept in reserve beyond a job's estimated output size.
-    disk_headroom_bytes: int = 512 << 20
-    extra: Mapping[str, str] = field(default_factory=dict)
+    disk_headroom_bytes: int = Field(
+        512 << 20, ge=0, validation_alias=AliasChoices("CUTFARM_DISK_HEADROOM_BYTES"))
+
+    @field_validator("media_roots", mode="before")
+    @classmethod
+    def _roots(cls, value: Any) -> Any:
+        return parse_media_roots(value) if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(o.strip() for o in value.split(",") if o.strip())
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        environ = _ENVIRON.get()
+        if environ is None:
+            return (init_settings,)
+        return (init_settings, _MappingSource(settings_cls, environ))
 
     @property
     def export_root(self) -> Path:
@@ -77,6 +168,15 @@ class Settings:
     @property
     def root_paths(self) -> list[Path]:
         return [r.path for r in self.media_roots]
+
+    @property
+    def token(self) -> str | None:
+        """The API token in clear, for the few places that must compare or sign with it."""
+        return self.api_token.get_secret_value() if self.api_token else None
+
+    @property
+    def webhook_key(self) -> str | None:
+        return self.webhook_secret.get_secret_value() if self.webhook_secret else None
 
     def volume_of(self, path: Path) -> str | None:
         """The volume a source path lives on (None: shared)."""
@@ -88,32 +188,29 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        get = env.get
-        return cls(
-            media_roots=parse_media_roots(get("CUTFARM_MEDIA_ROOTS")
-                                          or get("MEDIA_BASE_PATH") or DEFAULT_MEDIA_ROOT),
-            host=get("CUTFARM_HOST", DEFAULT_HOST),
-            port=_int(env, "CUTFARM_PORT", DEFAULT_PORT, 1, 65535),
-            api_token=get("CUTFARM_API_TOKEN") or None,
-            cors_origins=tuple(o.strip() for o in get("CUTFARM_CORS_ORIGINS", "").split(",")
-                               if o.strip()),
-            max_body_bytes=_int(env, "CUTFARM_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024,
-                                1 << 30),
-            ray_address=get("CUTFARM_RAY_ADDRESS") or get("RAY_ADDRESS") or None,
-            namespace=get("CUTFARM_NAMESPACE", DEFAULT_NAMESPACE),
-            max_concurrent_jobs=_int(env, "CUTFARM_MAX_CONCURRENT_JOBS",
-                                     DEFAULT_MAX_CONCURRENT_JOBS, 1, 1000),
-            max_piece_frames=_int(env, "CUTFARM_MAX_PIECE_FRAMES", DEFAULT_MAX_PIECE_FRAMES, 30,
-                                  1_000_000),
-            max_piece_bytes=_int(env, "CUTFARM_MAX_PIECE_BYTES", DEFAULT_MAX_PIECE_BYTES,
-                                 1 << 20, 1 << 40),
-            retention_hours=_float(env, "CUTFARM_RETENTION_HOURS", DEFAULT_RETENTION_HOURS),
-            webhook_secret=get("CUTFARM_WEBHOOK_SECRET") or None,
-            webhook_allow_private=get("CUTFARM_WEBHOOK_ALLOW_PRIVATE", "").lower()
-            in ("1", "true", "yes"),
-            preset=get("CUTFARM_PRESET", DEFAULT_PRESET),
-        )
+        """Settings from ``env`` (default: this process's environment); SettingsError names
+        the variable at fault."""
+        token = _ENVIRON.set(os.environ if env is None else env)
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from None
+        finally:
+            _ENVIRON.reset(token)
+
+
+def _describe(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    name = str(err["loc"][0]) if err.get("loc") else "a setting"
+    field: FieldInfo | None = Settings.model_fields.get(name)
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, AliasChoices):
+        name = str(alias.choices[0])
+    message = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+    if message.startswith(f"{name}:"):  # our own parser already named it
+        return message
+    return f"{name}: {message}, got {err.get('input')!r}" if "input" in err else \
+        f"{name}: {message}"
 
 
 def to_env(settings: Settings) -> dict[str, str]:
@@ -131,11 +228,12 @@ def to_env(settings: Settings) -> dict[str, str]:
         "CUTFARM_MAX_PIECE_BYTES": str(settings.max_piece_bytes),
         "CUTFARM_RETENTION_HOURS": str(settings.retention_hours),
         "CUTFARM_PRESET": settings.preset,
+        "CUTFARM_DISK_HEADROOM_BYTES": str(settings.disk_headroom_bytes),
     }
-    if settings.api_token:
-        env["CUTFARM_API_TOKEN"] = settings.api_token
-    if settings.webhook_secret:
-        env["CUTFARM_WEBHOOK_SECRET"] = settings.webhook_secret
+    if settings.token:
+        env["CUTFARM_API_TOKEN"] = settings.token
+    if settings.webhook_key:
+        env["CUTFARM_WEBHOOK_SECRET"] = settings.webhook_key
     if settings.webhook_allow_private:
         env["CUTFARM_WEBHOOK_ALLOW_PRIVATE"] = "1"
     if settings.ray_address:
@@ -158,32 +256,6 @@ def parse_media_roots(text: str) -> tuple[MediaRoot, ...]:
     if not roots:
         raise SettingsError("CUTFARM_MEDIA_ROOTS names no folder")
     return tuple(roots)
-
-
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise SettingsError(f"{name} must be between {lo} and {hi}, got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise SettingsError(f"{name} must not be negative")
-    return value
 
 
 @lru_cache(maxsize=1)

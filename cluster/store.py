@@ -24,7 +24,7 @@ from typing import Any
 from render.config import is_valid_job_id
 
 from .errors import JobNotFoundError
-from .jobs import JobStatus
+from .jobs import JobState, JobStatus
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -64,6 +64,13 @@ class JobStore:
         _atomic_write(self.job_dir(status.job_id) / STATUS_FILE, status.to_file(),
                       durable=durable)
 
+    def write_status_data(self, job_id: str, data: dict[str, Any], durable: bool) -> None:
+        """A status document serialised earlier; nothing when the job's folder is gone (a
+        late write must not bring a deleted job back)."""
+        d = self.job_dir(job_id)
+        if d.is_dir():
+            _atomic_write(d / STATUS_FILE, data, durable=durable)
+
     def read_status(self, job_id: str) -> JobStatus | None:
         path = self.job_dir(job_id) / STATUS_FILE
         try:
@@ -71,14 +78,36 @@ class JobStore:
         except (FileNotFoundError, ValueError):
             return None
 
-    def iter_statuses(self) -> Iterator[JobStatus]:
+    def iter_statuses(self) -> Iterator[tuple[JobStatus, bool]]:
+        """Every job folder's status, and whether it had to be repaired.
+
+        A folder whose status.json is missing or unreadable (a crash mid-write on a
+        filesystem without atomic rename, a hand edit) is not skipped: it would vanish from
+        every list while its files stay forever. It comes back as a failed job that says
+        so, finished when the folder last changed, so the retention sweep removes it.
+        """
         if not self.root.is_dir():
             return
         for entry in sorted(self.root.iterdir()):
             if entry.is_dir() and is_valid_job_id(entry.name):
                 status = self.read_status(entry.name)
                 if status is not None:
-                    yield status
+                    yield status, False
+                else:
+                    yield self._damaged(entry), True
+
+    @staticmethod
+    def _damaged(folder: Path) -> JobStatus:
+        path = folder / STATUS_FILE
+        what = "is damaged" if path.exists() else "is missing"
+        changed = max((p.stat().st_mtime for p in folder.iterdir()),
+                      default=folder.stat().st_mtime)
+        return JobStatus(
+            job_id=folder.name, status=JobState.FAILED, stage="failed",
+            message="Export failed",
+            error=f"this export's status file {what}, so its state is unknown; submit it "
+                  "again (its files are removed with the other old exports)",
+            created_at=changed, finished_at=changed, updated_at=changed)
 
     def remove_work(self, job_id: str) -> None:
         shutil.rmtree(self.work_dir(job_id), ignore_errors=True)

@@ -33,8 +33,8 @@ from render.plan import EncodePiece
 from .jobs import PiecePlacement
 
 Bytes = npt.NDArray[np.uint8]
-#: How often a task reports progress to the status actor.
-REPORT_INTERVAL = 0.5
+#: How often a task reports progress to the status actor (it answers every poll too).
+REPORT_INTERVAL = 1.0
 TASK_RETRIES = 3
 PROBE_MEMORY = 256 << 20
 
@@ -50,14 +50,20 @@ class PieceResult:
 
 
 class _Reporter:
-    """Batches work counters and sends them to the status actor every REPORT_INTERVAL."""
+    """Sends this piece's running totals to the status actor every REPORT_INTERVAL.
 
-    def __init__(self, status: Any, job_id: str) -> None:
+    Totals, not increments, under a name of its own: the status actor keeps the largest
+    total per name, so a retried call or a retried task never counts work twice.
+    """
+
+    def __init__(self, status: Any, job_id: str, name: str) -> None:
         self.status = status
         self.job_id = job_id
+        self.name = name
         self.frames = 0
         self.samples = 0
         self.bytes = 0
+        self.sent = (0, 0, 0)
         self.last = time.monotonic()
 
     def add(self, *, frames: int = 0, samples: int = 0, bytes_: int = 0) -> None:
@@ -68,9 +74,10 @@ class _Reporter:
             self.flush()
 
     def flush(self) -> None:
-        if self.status is not None and (self.frames or self.samples or self.bytes):
-            self.status.add_work.remote(self.job_id, self.bytes, self.frames, self.samples)
-        self.frames = self.samples = self.bytes = 0
+        totals = (self.bytes, self.frames, self.samples)
+        if self.status is not None and totals != self.sent:
+            self.status.report_work.remote(self.job_id, self.name, *totals)
+            self.sent = totals
         self.last = time.monotonic()
 
 
@@ -112,7 +119,7 @@ def encode_task(prep: Prepared, index: int, job_id: str, status: Any,
     piece = prep.plan.pieces[index]
     assert isinstance(piece, EncodePiece)
     _placement(status, job_id, index, "encode")
-    report = _Reporter(status, job_id)
+    report = _Reporter(status, job_id, f"piece-{index}")
     # x264/x265 default to every core of the node; hold them to the CPUs Ray gave us, or a
     # node's scheduled load would bear no relation to its real load.
     cpus = ray.get_runtime_context().get_assigned_resources().get(  # type: ignore[no-untyped-call]
@@ -144,7 +151,7 @@ def copy_task(prep: Prepared, index: int, job_id: str, status: Any) -> PieceResu
 def audio_task(prep: Prepared, job_id: str, status: Any) -> PieceResult:
     assert prep.audio is not None
     _placement(status, job_id, -1, "audio")
-    report = _Reporter(status, job_id)
+    report = _Reporter(status, job_id, "audio")
     with tempfile.TemporaryDirectory(prefix="cutfarm-audio-") as tmp:
         path = render_audio(prep.plan.audio, prep.sources, prep.audio, Path(tmp) / "audio",
                             on_samples=lambda n: report.add(samples=n))

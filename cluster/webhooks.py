@@ -15,6 +15,9 @@ What a receiver gets::
     X-Cutfarm-Delivery: 6f1c…-uuid                (the same on every retry of this delivery)
     X-Cutfarm-Timestamp: 1767225600               (unix seconds, fresh on every attempt)
     X-Cutfarm-Signature: v1=<hex HMAC-SHA256(secret, b"<timestamp>." + body)>
+    webhook-id: 6f1c…-uuid                        (Standard Webhooks: the delivery id)
+    webhook-timestamp: 1767225600
+    webhook-signature: v1,<base64 HMAC-SHA256(key, b"<id>.<timestamp>." + body)>
 
     {"event":"export.completed","deliveryId":"6f1c…","jobId":"…","status":"completed",
      "progress":1.0,"message":"Export complete","downloadUrl":"/api/export/…/download",
@@ -36,6 +39,12 @@ Why it is built this way:
   secret can change later without breaking receivers. Without a configured secret no
   signature header is sent (there is nothing to sign with); such a receiver should treat
   the payload as a hint and read the job's status from the API.
+* **Standard Webhooks as well.** The ``webhook-*`` headers follow the Standard Webhooks
+  specification, so a receiver can verify with an existing library
+  (``standardwebhooks.Webhook(key).verify(body, headers)``) instead of our code. Its key is
+  the secret's bytes (``Webhook(secret.encode())``), or, for a secret written in that
+  specification's own form ``whsec_<base64>``, the decoded bytes (``Webhook(secret)``).
+  The ``X-Cutfarm-*`` headers stay for receivers written against them.
 * **One delivery id, fresh timestamp per attempt.** Delivery is at-least-once (a receiver
   may process a request whose response we never saw), so receivers dedupe on
   ``X-Cutfarm-Delivery`` (also in the signed body). Retries can span minutes; a timestamp
@@ -56,24 +65,25 @@ Why it is built this way:
   concurrent cancels) may call ``notify_finished`` twice for one ending; deliveries are
   keyed by (job id, ``finishedAt``) and a job whose status already shows a delivered
   attempt is not notified again.
-* **Limits.** Pending retries live in the coordinator's event loop: if the coordinator
-  actor restarts mid-retry, that delivery stops (its attempts so far stay recorded). The
-  status shows it (no attempt with ``delivered: true``), and a later version can resume from
-  ``webhookAttempts``.
+* **An outbox that survives restarts.** Every attempt is recorded in status.json; the last
+  attempt of a delivery (delivered, or given up) carries ``final: true``. A restarted
+  coordinator resumes every delivery of a job that ended in the last
+  ``RESUME_WINDOW_SECONDS`` and has no final attempt, with the same delivery id and the
+  attempt numbers going on, so the total stays bounded.
 
 SSRF: a callback URL makes the cluster send requests to a user-chosen address, which may
 be internal (cloud metadata endpoints, admin ports, 127.0.0.1). ``validate_callback_url``
 checks the shape (http/https, a host, no credentials, bounded length) and asks
-``is_allowed_target(host)``, which allows every host by default because deployments
-differ. A deployment exposed to untrusted users should tighten ``is_allowed_target``
-(e.g. an allowlist of receiver domains, or rejecting private/loopback/link-local IP
-literals); note that it sees host names, not resolved addresses, so a name that resolves
-to an internal address needs a resolver-level check (or an egress proxy/firewall) too.
+``is_allowed_target(host, allow_private=...)``. The service refuses loopback, private and
+link-local targets unless ``CUTFARM_WEBHOOK_ALLOW_PRIVATE`` is set, with the same policy at
+submit and again at delivery. It sees host names, not resolved addresses, so a name that
+resolves to an internal address needs a resolver-level check (or an egress proxy/firewall).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -103,6 +113,12 @@ HEADER_EVENT = "X-Cutfarm-Event"
 HEADER_DELIVERY = "X-Cutfarm-Delivery"
 HEADER_TIMESTAMP = "X-Cutfarm-Timestamp"
 HEADER_SIGNATURE = "X-Cutfarm-Signature"
+#: Standard Webhooks (https://www.standardwebhooks.com) headers.
+STD_ID = "webhook-id"
+STD_TIMESTAMP = "webhook-timestamp"
+STD_SIGNATURE = "webhook-signature"
+#: A restarted coordinator resumes unfinished deliveries of jobs that ended this recently.
+RESUME_WINDOW_SECONDS = 24 * 3600.0
 #: Same bound as ``ExportConfig.callback_url``.
 MAX_URL_LENGTH = 2048
 #: How far a receiver lets a signed timestamp be from its own clock, in seconds.
@@ -153,6 +169,23 @@ def sign(secret: str, timestamp: int | str, body: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
+def standard_key(secret: str) -> bytes:
+    """The Standard Webhooks key for ``secret``: ``whsec_<base64>`` decoded, else its bytes."""
+    if secret.startswith("whsec_"):
+        try:
+            return base64.b64decode(secret[len("whsec_"):] + "==", validate=False)
+        except ValueError:
+            pass
+    return secret.encode()
+
+
+def sign_standard(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
+    """``v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>." + body)>`` (Standard Webhooks)."""
+    message = f"{delivery_id}.{timestamp}.".encode() + body
+    digest = hmac.new(standard_key(secret), message, hashlib.sha256).digest()
+    return f"v1,{base64.b64encode(digest).decode()}"
+
+
 def build_request(status: JobStatus, secret: str | None, now: float, *,
                   delivery_id: str | None = None) -> tuple[bytes, dict[str, str]]:
     """Body and headers of one delivery attempt for a finished job.
@@ -170,9 +203,12 @@ def build_request(status: JobStatus, secret: str | None, now: float, *,
         HEADER_EVENT: data["event"],
         HEADER_DELIVERY: delivery,
         HEADER_TIMESTAMP: timestamp,
+        STD_ID: delivery,
+        STD_TIMESTAMP: timestamp,
     }
     if secret:
         headers[HEADER_SIGNATURE] = f"{SIGNATURE_SCHEME}={sign(secret, timestamp, body)}"
+        headers[STD_SIGNATURE] = sign_standard(secret, delivery, timestamp, body)
     return body, headers
 
 
@@ -302,19 +338,24 @@ def backoff_delay(attempt: int, base_delay: float, max_delay: float,
 
 async def deliver(url: str, status: JobStatus, secret: str | None, record: Recorder, *,
                   attempts: int = 5, base_delay: float = 1.0, max_delay: float = 60.0,
-                  timeout: float = 10.0, delivery_id: str | None = None) -> bool:
+                  timeout: float = 10.0, delivery_id: str | None = None,
+                  allow_private: bool = False, first_attempt: int = 1) -> bool:
     """POST ``status`` to ``url`` until a 2xx answer or ``attempts`` tries; True if delivered.
 
     ``record`` is awaited after every attempt with ``{"attempt": n, "at": unix_seconds,
     "status": http_status_or_None, "error": text_or_None, "delivered": bool,
-    "deliveryId": id}``; a URL that fails ``validate_callback_url`` is recorded as one
-    attempt that was not sent. Never raises: failures (of the receiver, the network,
-    ``record`` or this code) are recorded and/or logged. Cancellation propagates.
+    "deliveryId": id, "final": bool}``; a URL that fails ``validate_callback_url`` (with
+    the same ``allow_private`` policy as at submit) is recorded as one attempt that was not
+    sent. ``first_attempt`` > 1 resumes a delivery a restarted coordinator found unfinished:
+    numbering goes on and ``attempts`` stays the total. Never raises: failures (of the
+    receiver, the network, ``record`` or this code) are recorded and/or logged.
+    Cancellation propagates.
     """
     try:
         return await _deliver(url, status, secret, record, attempts=attempts,
                               base_delay=base_delay, max_delay=max_delay, timeout=timeout,
-                              delivery_id=delivery_id or str(uuid.uuid4()))
+                              delivery_id=delivery_id or str(uuid.uuid4()),
+                              allow_private=allow_private, first_attempt=first_attempt)
     except Exception:
         log.exception("webhook for export %s failed unexpectedly", status.job_id)
         return False
@@ -322,30 +363,37 @@ async def deliver(url: str, status: JobStatus, secret: str | None, record: Recor
 
 async def _deliver(url: str, status: JobStatus, secret: str | None, record: Recorder, *,
                    attempts: int, base_delay: float, max_delay: float, timeout: float,
-                   delivery_id: str) -> bool:
-    def entry(n: int, at: float, outcome: _Outcome) -> dict[str, Any]:
+                   delivery_id: str, allow_private: bool, first_attempt: int) -> bool:
+    def entry(n: int, at: float, outcome: _Outcome, final: bool) -> dict[str, Any]:
         return {"attempt": n, "at": round(at, 3), "status": outcome.status,
                 "error": outcome.error, "delivered": outcome.delivered,
-                "deliveryId": delivery_id}
+                "deliveryId": delivery_id, "final": final}
 
     try:
-        validate_callback_url(url)
+        validate_callback_url(url, allow_private=allow_private)
     except ValueError as exc:
-        await _record(record, entry(1, time.time(), _Outcome(None, f"not sent: {exc}")),
-                      timeout)
+        await _record(record, entry(first_attempt, time.time(),
+                                    _Outcome(None, f"not sent: {exc}"), True), timeout)
         log.warning("webhook for export %s not sent: %s", status.job_id, exc)
+        return False
+    last = max(1, attempts)
+    if first_attempt > last:  # resumed after its last attempt was made, not yet marked
+        await _record(record, entry(first_attempt, time.time(),
+                                    _Outcome(None, "not sent: every attempt was used"), True),
+                      timeout)
         return False
     client_timeout = aiohttp.ClientTimeout(total=timeout)
     async with aiohttp.ClientSession(timeout=client_timeout) as session:
-        for n in range(1, max(1, attempts) + 1):
+        for n in range(max(1, first_attempt), last + 1):
             started = time.time()
             body, headers = build_request(status, secret, started, delivery_id=delivery_id)
             outcome = await _attempt(session, url, body, headers, timeout)
-            await _record(record, entry(n, started, outcome), timeout)
+            final = outcome.delivered or not outcome.retry or n >= last
+            await _record(record, entry(n, started, outcome, final), timeout)
             if outcome.delivered:
                 log.info("webhook for export %s delivered (attempt %d)", status.job_id, n)
                 return True
-            if not outcome.retry or n >= attempts:
+            if final:
                 break
             await asyncio.sleep(backoff_delay(n, base_delay, max_delay, outcome.retry_after))
     log.warning("webhook for export %s not delivered: %s", status.job_id, outcome.error)
@@ -430,13 +478,15 @@ async def notify_finished(job_id: str, status_actor: Any, store: JobStore,
     Reads the job's current status from ``status_actor`` and its ``callbackUrl`` from the
     job's config.json, and starts a background delivery whose attempts are recorded with
     ``status_actor.add_webhook_attempt.remote(job_id, attempt)``. Returns the delivery task
-    (None when nothing is sent: no callback URL, not terminal, already delivered or
-    started). Quick, and never raises except CancelledError.
+    (None when nothing is sent: no callback URL, not terminal, already delivered, given up
+    or started). A delivery with attempts but none final is resumed where it stopped.
+    Quick, and never raises except CancelledError.
     """
     try:
         final: JobStatus = await status_actor.get.remote(job_id)
-        if not final.status.terminal or any(a.get("delivered")
-                                            for a in final.webhook_attempts):
+        done = final.webhook_attempts
+        if not final.status.terminal or any(a.get("delivered") or a.get("final")
+                                            for a in done):
             return None
         url = store.read_config(job_id).get("callbackUrl")
         if not url:
@@ -445,6 +495,9 @@ async def notify_finished(job_id: str, status_actor: Any, store: JobStore,
         async def record(attempt: dict[str, Any]) -> None:
             await status_actor.add_webhook_attempt.remote(job_id, attempt)
 
+        if done:  # an unfinished delivery (the coordinator restarted): go on with it
+            options = {**options, "first_attempt": len(done) + 1,
+                       "delivery_id": str(done[-1].get("deliveryId") or uuid.uuid4())}
         return spawn(str(url), final, secret, record, **options)
     except Exception:
         log.warning("could not start the webhook for export %s", job_id, exc_info=True)

@@ -31,8 +31,13 @@ from .security import BodyLimit, check_bearer, check_download, download_url
 
 log = logging.getLogger("cutfarm.http")
 MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm"}
-#: How long an events stream waits for a change before sending a keep-alive comment.
+#: How long an events stream waits for a change before sending a keep-alive comment (under
+#: the 30-60 s idle timeouts of common proxies and load balancers).
 EVENT_KEEPALIVE_SECONDS = 15.0
+#: What an EventSource waits before reconnecting (the ``retry:`` field), in milliseconds.
+EVENT_RETRY_MS = 2000
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
 
 ClusterProvider = Callable[[], CutfarmCluster]
 
@@ -65,7 +70,7 @@ async def _problem(_: Request, exc: Exception) -> JSONResponse:
 
 
 def _token(request: Request) -> str | None:
-    token: str | None = request.app.state.settings.api_token
+    token: str | None = request.app.state.settings.token
     return token
 
 
@@ -129,8 +134,9 @@ async def plan_export(request: Request) -> JSONResponse:
     return JSONResponse(plan_view(prep))
 
 
-@router.get("/api/export", summary="List jobs, optionally by state")
-async def list_exports(request: Request, status: str | None = None) -> JSONResponse:
+@router.get("/api/export", summary="List jobs in arrival order, by state, a page at a time")
+async def list_exports(request: Request, status: str | None = None,
+                       limit: int = DEFAULT_PAGE, cursor: str | None = None) -> JSONResponse:
     _authorized(request)
     states = None
     if status:
@@ -139,8 +145,16 @@ async def list_exports(request: Request, status: str | None = None) -> JSONRespo
         except ValueError:
             allowed = ", ".join(s.value for s in JobState)
             raise HTTPProblem(400, f"status must be one of {allowed}") from None
-    jobs = await _cluster(request).list_jobs(states)
-    return JSONResponse({"jobs": [_view(request, j) for j in jobs]})
+    if not 1 <= limit <= MAX_PAGE:
+        raise HTTPProblem(400, f"limit must be between 1 and {MAX_PAGE}")
+    after = 0
+    if cursor:
+        if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 18:
+            raise HTTPProblem(400, "cursor is not one this server gave out (use nextCursor)")
+        after = int(cursor)
+    jobs, nxt = await _cluster(request).list_page(states, after, limit)
+    return JSONResponse({"jobs": [_view(request, j) for j in jobs],
+                         "nextCursor": str(nxt) if nxt is not None else None})
 
 
 @router.get("/api/export/{job_id}/status", summary="A job's status (the editor polls this)")
@@ -150,15 +164,30 @@ async def export_status(request: Request, job_id: str) -> JSONResponse:
     return JSONResponse(_view(request, status))
 
 
+@router.get("/api/export/{job_id}/pieces",
+            summary="Where each piece of a running or finished job ran (operators)")
+async def export_pieces(request: Request, job_id: str) -> JSONResponse:
+    _authorized(request)
+    pieces = await _cluster(request).pieces(_job_id(job_id))
+    return JSONResponse({"jobId": job_id, "pieces": [
+        {"index": p.index, "kind": p.kind, "nodeId": p.node_id, "attempt": p.attempt}
+        for p in pieces]})
+
+
 @router.get("/api/export/{job_id}/events", summary="Server-Sent Events of status changes")
 async def export_events(request: Request, job_id: str) -> StreamingResponse:
     _authorized(request)
     cluster = _cluster(request)
     first = await cluster.get(_job_id(job_id))
+    # A reconnecting EventSource sends the id of the last event it got: send only newer.
+    seen = request.headers.get("last-event-id", "")
+    last_seen = int(seen) if seen.isascii() and seen.isdigit() and len(seen) < 19 else -1
 
     async def stream() -> AsyncIterator[bytes]:
         status = first
-        yield _sse(_view(request, status))
+        yield f"retry: {EVENT_RETRY_MS}\n\n".encode()
+        if status.version > last_seen or status.status.terminal:
+            yield _sse(_view(request, status), status.version)
         while not status.status.terminal:
             if await request.is_disconnected():
                 return
@@ -171,7 +200,7 @@ async def export_events(request: Request, job_id: str) -> StreamingResponse:
                 yield b": keep-alive\n\n"
                 continue
             status = nxt
-            yield _sse(_view(request, status))
+            yield _sse(_view(request, status), status.version)
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -241,8 +270,9 @@ def content_disposition(name: str, ext: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-def _sse(data: dict[str, Any]) -> bytes:
-    return f"event: status\ndata: {json.dumps(data)}\n\n".encode()
+def _sse(data: dict[str, Any], version: int) -> bytes:
+    """One event; its id (the status version) lets a reconnect resume after it."""
+    return f"id: {version}\nevent: status\ndata: {json.dumps(data)}\n\n".encode()
 
 
 def plan_view(prep: Any) -> dict[str, Any]:

@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr
 
 from cluster.errors import ClusterError
 from cluster.settings import Settings, SettingsError, parse_media_roots
@@ -51,10 +52,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.port:
         changes["port"] = args.port
     if args.token:
-        changes["api_token"] = args.token
+        changes["api_token"] = SecretStr(args.token)
     if args.ray_address:
         changes["ray_address"] = args.ray_address
-    return dataclasses.replace(base, **changes)
+    return base.model_copy(update=changes)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import http.client
 import json
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,9 +55,17 @@ class Client:
         return result
 
     def list(self, state: str | None = None) -> list[dict[str, Any]]:
-        q = f"?status={state}" if state else ""
-        result: list[dict[str, Any]] = self._request("GET", f"/api/export{q}")["jobs"]
-        return result
+        """Every job (page after page), optionally in the given states."""
+        jobs: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            query = {"limit": "1000", **({"status": state} if state else {}),
+                     **({"cursor": cursor} if cursor else {})}
+            page = self._request("GET", f"/api/export?{urllib.parse.urlencode(query)}")
+            jobs.extend(page["jobs"])
+            cursor = page.get("nextCursor")
+            if not cursor:
+                return jobs
 
     def events(self, job_id: str) -> Iterator[dict[str, Any]]:
         """Status updates from the Server-Sent Events stream, until the job ends."""

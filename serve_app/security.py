@@ -34,9 +34,18 @@ def check_bearer(token: str | None, authorization: str | None) -> None:
         raise HTTPProblem(401, "Missing or invalid API token")
 
 
+#: Download links are signed with a key derived from the token, never the token itself: a
+#: link (which browsers keep in history) then gives nothing towards the token.
+_LINK_KEY_LABEL = b"cutfarm download links v1"
+
+
+def _link_key(token: str) -> bytes:
+    return hmac.new(token.encode(), _LINK_KEY_LABEL, hashlib.sha256).digest()
+
+
 def _signature(token: str, job_id: str, expires: int) -> str:
     msg = f"download:{job_id}:{expires}".encode()
-    return hmac.new(token.encode(), msg, hashlib.sha256).hexdigest()
+    return hmac.new(_link_key(token), msg, hashlib.sha256).hexdigest()
 
 
 def download_url(job_id: str, token: str | None, now: float | None = None) -> str:

@@ -53,7 +53,7 @@ def running_api(root: Path, **settings: Any) -> Iterator[Api]:
         deadline = time.monotonic() + 60
         while True:
             try:
-                headers = {"Authorization": f"Bearer {s.api_token}"} if s.api_token else {}
+                headers = {"Authorization": f"Bearer {s.token}"} if s.token else {}
                 if httpx.get(f"{base}/api/health", headers=headers, timeout=5).status_code == 200:
                     break
             except httpx.HTTPError:

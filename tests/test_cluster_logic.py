@@ -10,7 +10,7 @@ from ray.exceptions import RayActorError
 
 from cluster.coordinator import cut_groups, estimate_output_bytes, failure_message, progress_message
 from cluster.errors import AdmissionError, JobConflictError, JobNotFoundError
-from cluster.jobs import JobState, config_hash
+from cluster.jobs import JobState, PiecePlacement, config_hash
 from cluster.scheduling import piece_tasks, placement, volume_nodes
 from cluster.settings import MediaRoot, Settings, SettingsError, to_env
 from cluster.status import StatusBook
@@ -39,11 +39,11 @@ def test_status_book_is_idempotent_final_and_reloads(tmp_path: Path) -> None:
         book.create("export-1", dict(CFG, projectName="other"), 0)
     book.update("export-1", status=JobState.PROCESSING, bytes_total=1000, frames_total=0,
                 pixels_per_frame=1)
-    book.add_work("export-1", bytes_=500)
+    book.report_work("export-1", "piece-0", bytes_=500)
     assert 0.4 < book.get("export-1").progress < 0.6
     book.update("export-1", status=JobState.COMPLETED, message="Export complete")
     book.update("export-1", status=JobState.FAILED, error="late")  # terminal is final
-    book.add_work("export-1", bytes_=10)
+    book.report_work("export-1", "piece-0", bytes_=510)
     done = book.get("export-1")
     assert done.status == JobState.COMPLETED and done.progress == 1.0 and done.error is None
     on_disk = json.loads((tmp_path / "exports" / "export-1" / "status.json").read_text())
@@ -68,7 +68,7 @@ def test_settings_from_env_and_back() -> None:
     s = Settings.from_env(env)
     assert s.media_roots == (MediaRoot(Path("/data/media")), MediaRoot(Path("/mnt/cam"),
                                                                        "disk-a"))
-    assert s.port == 9000 and s.api_token == "t" and s.cors_origins == ("https://a",
+    assert s.port == 9000 and s.token == "t" and s.cors_origins == ("https://a",
                                                                         "https://b")
     assert Settings.from_env(to_env(s)) == s
     with pytest.raises(SettingsError, match="CUTFARM_PORT"):
@@ -118,3 +118,89 @@ def test_failure_messages_are_sentences() -> None:
     assert "disk" in failure_message(AdmissionError("not enough disk space"))
     assert "worker stopped" in failure_message(RayActorError())
     assert "unexpectedly" in failure_message(KeyError("x"))
+
+
+def test_reported_work_is_idempotent_and_retries_never_count_twice(tmp_path: Path) -> None:
+    """Issue 12: a retried add_work call (or a retried task) counted its work twice."""
+    book = StatusBook(JobStore(tmp_path / "exports"))
+    book.create("export-1", CFG, 0)
+    book.update("export-1", status=JobState.PROCESSING, frames_total=100, bytes_total=0,
+                pixels_per_frame=1)
+    book.report_work("export-1", "piece-0", frames=30)
+    book.report_work("export-1", "piece-0", frames=30)  # the same call, retried
+    book.report_work("export-1", "piece-1", frames=20)
+    assert book.get("export-1").frames_done == 50
+    book.report_work("export-1", "piece-0", frames=10)  # the task restarted from zero
+    assert book.get("export-1").frames_done == 50
+    book.report_work("export-1", "piece-0", frames=40)  # ... and went past its first try
+    assert book.get("export-1").frames_done == 60
+    book.update("export-1", status=JobState.PENDING, reset_work=True)  # runs again
+    assert book.get("export-1").frames_done == 0
+    book.report_work("export-1", "piece-0", frames=5)
+    assert book.get("export-1").frames_done == 5
+
+
+def test_the_status_document_does_not_grow_with_pieces(tmp_path: Path) -> None:
+    book = StatusBook(JobStore(tmp_path / "exports"))
+    book.create("export-1", CFG, 0)
+    size = len(json.dumps(book.get("export-1").to_file()))
+    for i in range(500):
+        book.add_placement("export-1", PiecePlacement(index=i, kind="encode", node_id="n"))
+    assert len(book.pieces("export-1")) == 500
+    assert len(json.dumps(book.get("export-1").to_file())) == size
+
+
+@pytest.mark.parametrize("damage", ["{not json", "", None])
+def test_a_damaged_status_file_is_a_failed_job_that_is_swept(tmp_path: Path,
+                                                            damage: str | None) -> None:
+    """Issue 12: a corrupt status.json made the job vanish while its files stayed forever."""
+    store = JobStore(tmp_path / "exports")
+    StatusBook(store).create("export-1", CFG, 0)
+    path = tmp_path / "exports" / "export-1" / "status.json"
+    if damage is None:
+        path.unlink()
+    else:
+        path.write_text(damage)
+    reloaded = StatusBook(store)
+    status = reloaded.get("export-1")
+    assert status.status == JobState.FAILED and status.finished_at is not None
+    assert status.error is not None and "status file" in status.error
+    # Written back readable, so the next start (and the retention sweep) sees it as is.
+    on_disk = json.loads(path.read_text())
+    assert on_disk["status"] == "failed" and on_disk["error"] == status.error
+    assert [s.job_id for s in reloaded.list([JobState.FAILED])] == ["export-1"]
+
+
+def test_secrets_are_secret_and_can_come_from_files(tmp_path: Path) -> None:
+    """Issue 12: the token travelled in clear in every repr of the settings."""
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token\n")
+    s = Settings.from_env({"CUTFARM_API_TOKEN_FILE": str(token_file),
+                           "CUTFARM_WEBHOOK_SECRET": "hook-secret"})
+    assert s.token == "file-token" and s.webhook_key == "hook-secret"
+    assert "file-token" not in repr(s) and "hook-secret" not in repr(s)
+    assert "file-token" not in str(s.model_dump())
+    # The variable itself wins over its file; a file that cannot be read is named.
+    assert Settings.from_env({"CUTFARM_API_TOKEN": "direct",
+                              "CUTFARM_API_TOKEN_FILE": str(token_file)}).token == "direct"
+    with pytest.raises(SettingsError, match="CUTFARM_API_TOKEN_FILE"):
+        Settings.from_env({"CUTFARM_API_TOKEN_FILE": str(tmp_path / "missing")})
+    # Building settings directly reads no environment at all.
+    assert Settings().token is None
+
+
+def test_download_links_are_not_signed_with_the_token_itself() -> None:
+    import hashlib
+    import hmac
+
+    from serve_app.security import check_download, download_url
+
+    url = download_url("export-1", "the-token", now=1000.0)
+    sig = url.split("sig=")[1]
+    expires = url.split("expires=")[1].split("&")[0]
+    raw = hmac.new(b"the-token", f"download:export-1:{expires}".encode(),
+                   hashlib.sha256).hexdigest()
+    assert sig != raw
+    fresh = download_url("export-1", "the-token")
+    check_download("the-token", "export-1", None, fresh.split("expires=")[1].split("&")[0],
+                   fresh.split("sig=")[1])  # a fresh link still passes

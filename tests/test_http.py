@@ -342,3 +342,45 @@ def test_docs_page_needs_no_cdn(client: httpx.Client) -> None:
                 "/static-offline-docs/swagger-ui.css"):
         r = client.get(url)
         assert r.status_code == 200 and len(r.content) > 10_000, url
+
+
+# --------------------------------------------------------------------------- issue 12
+
+
+def test_list_is_paged_with_a_cursor(client: httpx.Client) -> None:
+    for n in range(3):
+        cfg = editor_config(f"export-page-{n}", segments=[(0, 0.0, 1.0)])
+        cfg["accuracy"] = "keyframe"
+        assert client.post("/api/export", json=cfg).status_code == 200
+    everything = client.get("/api/export", params={"limit": 1000}).json()
+    assert everything["nextCursor"] is None
+    ids = [j["jobId"] for j in everything["jobs"]]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/api/export", params=params).json()
+        assert len(page["jobs"]) <= 2
+        seen += [j["jobId"] for j in page["jobs"]]
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    assert seen == ids and {"export-page-0", "export-page-2"} <= set(seen)
+    for bad in ({"limit": 0}, {"limit": 5000}, {"cursor": "abc"}, {"cursor": "-1"}):
+        r = client.get("/api/export", params=bad)
+        assert r.status_code == 400 and r.json()["error"], bad
+
+
+def test_events_carry_ids_and_a_reconnect_resumes_after_them(client: httpx.Client) -> None:
+    assert client.post("/api/export", json=editor_config("export-ids")).status_code == 200
+    assert poll(client, "export-ids")["status"] == "completed"
+    with client.stream("GET", "/api/export/export-ids/events") as stream:
+        lines = list(stream.iter_lines())
+    assert lines[0].startswith("retry: ")
+    ids = [int(line[4:]) for line in lines if line.startswith("id: ")]
+    assert len(ids) == 1  # finished: one event, its final status
+    # A reconnect after the last event still learns the final state (and nothing twice).
+    with client.stream("GET", "/api/export/export-ids/events",
+                       headers={"Last-Event-ID": str(ids[0])}) as stream:
+        again = [line for line in stream.iter_lines() if line.startswith("data:")]
+    assert len(again) == 1 and json.loads(again[0][5:])["status"] == "completed"

@@ -12,9 +12,12 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import ray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from cluster.coordinator import COORDINATOR_NAME
 from cluster.webhooks import verify_signature
 from tests.conftest import MediaRoot as Media
 from tests.http_support import Api, poll, running_api
@@ -61,7 +64,7 @@ ENDPOINTS = [
     ("POST", "/api/export"), ("POST", "/api/export/plan"), ("GET", "/api/export"),
     ("GET", "/api/export/export-x/status"), ("GET", "/api/export/export-x/events"),
     ("GET", "/api/export/export-x/download"), ("HEAD", "/api/export/export-x/download"),
-    ("DELETE", "/api/export/export-x"),
+    ("DELETE", "/api/export/export-x"), ("GET", "/api/export/export-x/pieces"),
 ]
 
 
@@ -125,6 +128,13 @@ def test_webhook_is_signed_and_retried(api: Api) -> None:
                                     h2["x-cutfarm-signature"])
         payload = json.loads(b2)
         assert payload["jobId"] == "export-hook" and payload["status"] == "completed"
+        # Standard Webhooks, verified by its own library, not by our code.
+        assert Webhook(SECRET.encode()).verify(b2, h2) == payload
+        assert h1["webhook-id"] == h2["webhook-id"] == h2["x-cutfarm-delivery"]
+        with pytest.raises(WebhookVerificationError):
+            Webhook(b"another-secret").verify(b2, h2)
+        with pytest.raises(WebhookVerificationError):
+            Webhook(SECRET.encode()).verify(b2.replace(b"completed", b"failed"), h2)
         status_file = api.root / "exports" / "export-hook" / "status.json"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -134,6 +144,66 @@ def test_webhook_is_signed_and_retried(api: Api) -> None:
             time.sleep(0.1)
         assert [a["status"] for a in attempts] == [500, 200]
         assert [a["delivered"] for a in attempts] == [False, True]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class SlowReceiver(BaseHTTPRequestHandler):
+    """503 with Retry-After to the first delivery (time to kill the coordinator), then 200."""
+
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        first = len(self.received) == 1
+        self.send_response(503 if first else 200)
+        if first:
+            self.send_header("Retry-After", "6")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_webhook_retries_survive_a_coordinator_restart(api: Api) -> None:
+    """Issue 12: pending webhook retries died with the coordinator."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowReceiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = config("export-outbox")
+        cfg["callbackUrl"] = f"http://127.0.0.1:{server.server_port}/hooks"
+        with api.client(TOKEN) as client:
+            assert client.post("/api/export", json=cfg).status_code == 200
+            assert poll(client, "export-outbox")["status"] == "completed"
+        deadline = time.monotonic() + 30
+        while not SlowReceiver.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(SlowReceiver.received) == 1
+        # Killed between attempt 1 and its retry, 6 s later: Ray restarts it.
+        ray.kill(ray.get_actor(COORDINATOR_NAME, namespace=api.settings.namespace),
+                 no_restart=False)
+        deadline = time.monotonic() + 90
+        while len(SlowReceiver.received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(SlowReceiver.received) == 2
+        (h1, b1), (h2, b2) = SlowReceiver.received
+        assert b1 == b2 and h1["webhook-id"] == h2["webhook-id"]
+        assert Webhook(SECRET.encode()).verify(b2, h2)["jobId"] == "export-outbox"
+        status_file = api.root / "exports" / "export-outbox" / "status.json"
+        deadline = time.monotonic() + 10
+        attempts: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            attempts = json.loads(status_file.read_text()).get("webhookAttempts", [])
+            if len(attempts) == 2:
+                break
+            time.sleep(0.1)
+        assert [(a["attempt"], a["status"], a["delivered"], a["final"]) for a in attempts] == [
+            (1, 503, False, False), (2, 200, True, True)]
+        time.sleep(1)
+        assert len(SlowReceiver.received) == 2  # delivered once more, never again
     finally:
         server.shutdown()
         server.server_close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from serve_app.api import router
@@ -89,3 +90,40 @@ def test_scripts_skip_pip_when_nothing_changed(tmp_path: Path) -> None:
         fh.write("\n# changed\n")
     assert install(".")[-1] == "-m pip install --quiet -e ."
 
+
+
+def test_every_import_of_the_product_is_a_declared_dependency() -> None:
+    """Issue 12: aiohttp was imported by cluster/ but came only through ray[serve].
+
+    Every third-party module that render/, cluster/ or serve_app/ import must belong to a
+    distribution named in [project.dependencies] (CI installs into a fresh venv as well).
+    """
+    import ast
+    import importlib.metadata
+    import tomllib
+
+    declared = set()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    for requirement in project["project"]["dependencies"]:
+        name = re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0]
+        declared.add(name.lower().replace("_", "-"))
+    owners = importlib.metadata.packages_distributions()
+    ours = {"render", "cluster", "serve_app"}
+    missing = []
+    for package in sorted(ours):
+        for path in sorted((REPO / package).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in ours or top in sys.stdlib_module_names or top == "__future__":
+                        continue
+                    dists = {d.lower().replace("_", "-") for d in owners.get(top, [top])}
+                    if not dists & declared:
+                        missing.append(f"{path.relative_to(REPO)}: {top} ({sorted(dists)})")
+    assert missing == []

@@ -7,6 +7,7 @@ what arrived (headers, raw body, arrival time). Coroutines are driven with ``asy
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from cluster import webhooks
 from cluster.jobs import JobState, JobStatus
@@ -39,7 +41,9 @@ from cluster.webhooks import (
 )
 
 SECRET = "s3cret-for-tests"
-FAST: dict[str, Any] = {"base_delay": 0.01, "max_delay": 0.05, "timeout": 2.0}
+#: The receivers here listen on 127.0.0.1, which the service refuses unless allowed.
+FAST: dict[str, Any] = {"base_delay": 0.01, "max_delay": 0.05, "timeout": 2.0,
+                        "allow_private": True}
 
 
 def finished(state: JobState = JobState.COMPLETED, job_id: str = "job-1") -> JobStatus:
@@ -271,7 +275,8 @@ def test_400_is_not_retried(receiver: Receiver) -> None:
     assert len(receiver.requests) == 1
     assert attempts == [{"attempt": 1, "at": attempts[0]["at"], "status": 400,
                          "error": "HTTP 400 Bad Request", "delivered": False,
-                         "deliveryId": receiver.requests[0].headers[HEADER_DELIVERY]}]
+                         "deliveryId": receiver.requests[0].headers[HEADER_DELIVERY],
+                         "final": True}]
 
 
 def test_redirect_is_not_followed(receiver: Receiver) -> None:
@@ -289,6 +294,7 @@ def test_5xx_until_the_limit(receiver: Receiver) -> None:
     assert not ok
     assert len(receiver.requests) == 3
     assert [a["status"] for a in attempts] == [503, 503, 503]
+    assert [a["final"] for a in attempts] == [False, False, True]
 
 
 def test_connection_refused_retries_up_to_the_limit() -> None:
@@ -518,3 +524,50 @@ def test_notify_finished_sends_nothing_without_url_or_end(tmp_path: Path) -> Non
             finished(job_id="job-gone")), store, SECRET) is None
 
     asyncio.run(scenario())
+
+
+def test_standard_webhooks_headers_verify_with_the_reference_library() -> None:
+    body, headers = build_request(finished(), SECRET, time.time())
+    assert Webhook(SECRET.encode()).verify(body, headers)["jobId"] == "job-1"
+    # A secret written in the specification's own form is used as that form says.
+    std = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    body, headers = build_request(finished(), std, time.time())
+    assert Webhook(std).verify(body, headers)["status"] == "completed"
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET.encode()).verify(body, headers)
+
+
+def test_the_delivery_time_check_uses_the_submit_policy(receiver: Receiver) -> None:
+    """Issue 12: at delivery the URL was re-checked with the permissive default."""
+    ok, attempts = run_deliver(receiver.url, allow_private=False)
+    assert not ok and receiver.requests == []
+    assert "not an allowed webhook target" in attempts[0]["error"] and attempts[0]["final"]
+
+
+def test_an_unfinished_delivery_is_resumed_where_it_stopped(receiver: Receiver,
+                                                             tmp_path: Path) -> None:
+    """The outbox: a coordinator that died between attempts left one non-final attempt."""
+    store = JobStore(tmp_path)
+    job_id = f"job-{uuid.uuid4().hex[:8]}"
+    store.write_config(job_id, {"id": job_id, "callbackUrl": receiver.url})
+    status = finished(JobState.COMPLETED, job_id)
+    status.webhook_attempts.append({"attempt": 1, "status": 503, "delivered": False,
+                                    "deliveryId": "d-1", "final": False})
+    actor = FakeStatusActor(status)
+
+    async def scenario() -> None:
+        webhooks._started.clear()
+        task = await notify_finished(job_id, actor, store, SECRET, **FAST)
+        assert task is not None and await task is True
+
+    asyncio.run(scenario())
+    assert [(a["attempt"], a["deliveryId"], a["final"]) for a in status.webhook_attempts] == [
+        (1, "d-1", False), (2, "d-1", True)]
+    assert receiver.requests[0].headers[HEADER_DELIVERY] == "d-1"
+
+    async def again() -> None:  # final now: a later restart sends nothing
+        webhooks._started.clear()
+        assert await notify_finished(job_id, actor, store, SECRET, **FAST) is None
+
+    asyncio.run(again())
+    assert len(receiver.requests) == 1
