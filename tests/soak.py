@@ -124,20 +124,28 @@ class Http:
             time.sleep(0.5)
 
 
-def _pid_of_actor(class_name: str) -> list[int]:
+#: (pid, what it works for): a concat actor is one job's, so kills can be spread over jobs.
+Victim = tuple[int, str]
+#: A job survives CONCAT_ATTEMPTS - 1 deaths of its concat actor; the chaos stays below that
+#: so a failure means a bug, not a retry budget spent on purpose.
+CONCAT_KILLS_PER_JOB = 2
+
+
+def _pid_of_actor(class_name: str) -> list[Victim]:
     actors = list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
                          limit=1000, raise_on_missing_output=False)
-    return [int(a.pid) for a in actors if a.pid]  # type: ignore[attr-defined]
+    return [(int(a.pid), str(a.name or a.pid))  # type: ignore[attr-defined]
+            for a in actors if a.pid]  # type: ignore[attr-defined]
 
 
-def _pids_of_tasks(match: Callable[[str], bool]) -> list[int]:
+def _pids_of_tasks(match: Callable[[str], bool]) -> list[Victim]:
     tasks = list_tasks(filters=[("state", "=", "RUNNING")], limit=1000,
                        raise_on_missing_output=False)
-    return [int(t.worker_pid) for t in tasks  # type: ignore[attr-defined]
+    return [(int(t.worker_pid), str(t.name)) for t in tasks  # type: ignore[attr-defined]
             if t.worker_pid and match(str(t.name))]  # type: ignore[attr-defined]
 
 
-def victims(kind: str) -> list[int]:
+def victims(kind: str) -> list[Victim]:
     if kind == "piece":
         return _pids_of_tasks(lambda n: ":seg" in n)
     if kind == "audio":
@@ -168,23 +176,33 @@ class Chaos(threading.Thread):
         self.rng = rng
         self.limits = limits
         self.kills: Counter[str] = Counter()
+        self.per_job: Counter[str] = Counter()
         self.stop = threading.Event()
         self.memory: dict[str, list[tuple[float, float]]] = {"coordinator": [], "status": []}
 
     def run(self) -> None:
         while not self.stop.wait(self.every):
             for name in self.memory:
-                for pid in victims(name):
+                for pid, _ in victims(name):
                     self.memory[name].append((time.monotonic(), rss_mb(pid)))
-            kinds = [k for k in KINDS if self.kills[k] < self.limits.get(k, 1 << 30)]
-            self.rng.shuffle(kinds)
-            for kind in kinds:
-                pids = victims(kind)
-                if pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(self.rng.choice(pids), signal.SIGKILL)
-                        self.kills[kind] += 1
-                    break
+            # One kill a tick, its kind chosen evenly among the kinds that have a process
+            # now: a kind that is always there (a concat actor lives as long as its job)
+            # must not take every kill, nor a short-lived one (a piece) none.
+            present = {}
+            for kind in KINDS:
+                if self.kills[kind] < self.limits.get(kind, 1 << 30):
+                    targets = [v for v in victims(kind) if kind != "concat"
+                               or self.per_job[v[1]] < CONCAT_KILLS_PER_JOB]
+                    if targets:
+                        present[kind] = targets
+            if present:
+                kind = self.rng.choice(sorted(present))
+                pid, owner = self.rng.choice(present[kind])
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    self.kills[kind] += 1
+                    if kind == "concat":
+                        self.per_job[owner] += 1
 
 
 def run_soak(root: Path, media: Media, *, jobs: int, in_flight: int, kill_every: float,

@@ -15,7 +15,7 @@ from tests.soak import run_soak
 
 
 def test_short_soak_loses_nothing(media_root: Media, tmp_path: Path) -> None:
-    report = run_soak(tmp_path, media_root, jobs=8, in_flight=3, kill_every=2.5,
+    report = run_soak(tmp_path, media_root, jobs=8, in_flight=3, kill_every=1.5,
                       cancel_every=4, seed=8, limits={"coordinator": 1, "status": 2})
     print("\n".join(report.lines()))
     assert report.problems == []
