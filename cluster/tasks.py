@@ -7,15 +7,25 @@ and forget, so a slow status actor never slows the encoders.
 
 Retries: worker or node death is retried by Ray (``max_retries``); the engine's own errors
 (bad media) are not (``retry_exceptions=False``): they fail the job once, with their message.
+
+Priority: Ray runs every worker at nice 15, Serve's proxy and replicas and our actors
+included, so encoders competed with the API on equal terms. Encoding and audio run in a
+thread of their own at nice 19 (``at_batch_priority``; x264/x265 threads inherit it), so the
+API is served first. Load benchmark, 10 jobs running, 50 status/s and 20 event streams on 2
+cores: status p50 87-220 ms before, 35-39 ms after (two runs each); p99 stayed 1.4-2.3 s.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -81,6 +91,36 @@ class _Reporter:
         self.last = time.monotonic()
 
 
+#: Nice value of media work (Ray's workers run at 15; 19 is the lowest priority).
+BATCH_NICE = 19
+T = TypeVar("T")
+
+
+def at_batch_priority(work: Callable[[], T]) -> T:
+    """``work()`` in a thread at ``BATCH_NICE``; its result, or its exception re-raised.
+
+    A thread, so the worker's own priority never changes: lowering it cannot be undone
+    without privileges, and a worker later running a preflight probe must not be slow.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        with contextlib.suppress(OSError):  # not permitted here: normal priority, still works
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BATCH_NICE)
+        try:
+            box["result"] = work()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="cutfarm-batch", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    result: T = box["result"]
+    return result
+
+
 def _node() -> str:
     return str(ray.get_runtime_context().get_node_id())
 
@@ -127,13 +167,14 @@ def encode_task(prep: Prepared, index: int, job_id: str, status: Any,
     settings = with_threads(prep.settings[index], max(1, round(cpus)))
     if work_dir is not None:
         target = Path(work_dir) / f"piece-{index:05d}"
-        encode_piece(piece, prep.plan, prep.sources, settings, target,
-                     on_frame=lambda: report.add(frames=1))
+        at_batch_priority(lambda: encode_piece(piece, prep.plan, prep.sources, settings,
+                                               target, on_frame=lambda: report.add(frames=1)))
         report.flush()
         return PieceResult(index, None, _node(), str(target))
     with tempfile.TemporaryDirectory(prefix="cutfarm-piece-") as tmp:
-        path = encode_piece(piece, prep.plan, prep.sources, settings, Path(tmp) / "piece",
-                            on_frame=lambda: report.add(frames=1))
+        out = Path(tmp) / "piece"
+        path = at_batch_priority(lambda: encode_piece(
+            piece, prep.plan, prep.sources, settings, out, on_frame=lambda: report.add(frames=1)))
         data = np.fromfile(path, dtype=np.uint8)
     report.flush()
     return PieceResult(index, data, _node())
@@ -153,8 +194,11 @@ def audio_task(prep: Prepared, job_id: str, status: Any) -> PieceResult:
     _placement(status, job_id, -1, "audio")
     report = _Reporter(status, job_id, "audio")
     with tempfile.TemporaryDirectory(prefix="cutfarm-audio-") as tmp:
-        path = render_audio(prep.plan.audio, prep.sources, prep.audio, Path(tmp) / "audio",
-                            on_samples=lambda n: report.add(samples=n))
+        out = Path(tmp) / "audio"
+        target = prep.audio
+        path = at_batch_priority(lambda: render_audio(
+            prep.plan.audio, prep.sources, target, out,
+            on_samples=lambda n: report.add(samples=n)))
         data = np.fromfile(path, dtype=np.uint8)
     report.flush()
     return PieceResult(-1, data, _node())

@@ -204,3 +204,22 @@ def test_download_links_are_not_signed_with_the_token_itself() -> None:
     fresh = download_url("export-1", "the-token")
     check_download("the-token", "export-1", None, fresh.split("expires=")[1].split("&")[0],
                    fresh.split("sig=")[1])  # a fresh link still passes
+
+
+def test_media_work_runs_at_batch_priority_in_a_thread_of_its_own() -> None:
+    import os
+    import threading
+
+    from cluster.tasks import BATCH_NICE, at_batch_priority
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = at_batch_priority(lambda: os.getpriority(os.PRIO_PROCESS,
+                                                    threading.get_native_id()))
+    assert seen == BATCH_NICE
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+    def broken() -> None:
+        raise CorruptMediaError("bad piece")
+
+    with pytest.raises(CorruptMediaError, match="bad piece"):
+        at_batch_priority(broken)
