@@ -186,7 +186,9 @@ async def export_events(request: Request, job_id: str) -> StreamingResponse:
     async def stream() -> AsyncIterator[bytes]:
         status = first
         yield f"retry: {EVENT_RETRY_MS}\n\n".encode()
-        if status.version > last_seen or status.status.terminal:
+        # Not "newer than": versions of progress ticks may be lost when the status actor
+        # restarts, so a client ahead of us is stale, not done.
+        if status.version != last_seen or status.status.terminal:
             yield _sse(_view(request, status), status.version)
         # No request.is_disconnected() poll here: under Serve every poll is a call to the
         # proxy that stays pending there, and 20 open streams piled up enough of them to

@@ -28,14 +28,19 @@ SECRET = "webhook-secret"
 
 
 class Receiver(BaseHTTPRequestHandler):
-    """Answers 500 to the first delivery and 200 afterwards; keeps what it got."""
+    """Answers FIRST to the first delivery and 200 afterwards; keeps what it got."""
 
     received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+    FIRST: ClassVar[int] = 500
+    RETRY_AFTER: ClassVar[str | None] = None
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-        self.send_response(500 if len(self.received) == 1 else 200)
+        first = len(self.received) == 1
+        self.send_response(self.FIRST if first else 200)
+        if first and self.RETRY_AFTER:
+            self.send_header("Retry-After", self.RETRY_AFTER)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -149,23 +154,12 @@ def test_webhook_is_signed_and_retried(api: Api) -> None:
         server.server_close()
 
 
-class SlowReceiver(BaseHTTPRequestHandler):
+class SlowReceiver(Receiver):
     """503 with Retry-After to the first delivery (time to kill the coordinator), then 200."""
 
     received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-        first = len(self.received) == 1
-        self.send_response(503 if first else 200)
-        if first:
-            self.send_header("Retry-After", "6")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
+    FIRST = 503
+    RETRY_AFTER = "6"
 
 
 def test_webhook_retries_survive_a_coordinator_restart(api: Api) -> None:
