@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -112,19 +113,46 @@ def test_cors_for_the_configured_editor_origin(api: Api) -> None:
     assert other.headers.get("access-control-allow-origin") != "https://evil.example"
 
 
-def test_webhook_is_signed_and_retried(api: Api) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+@contextlib.contextmanager
+def completed_job_with_hook(api: Api, receiver: type[Receiver], job_id: str) -> Iterator[None]:
+    """A receiver on a free port, and a job with it as callbackUrl, run to completion."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        cfg = config("export-hook")
+        cfg = config(job_id)
         cfg["callbackUrl"] = f"http://127.0.0.1:{server.server_port}/hooks/cutfarm"
         with api.client(TOKEN) as client:
             assert client.post("/api/export", json=cfg).status_code == 200
-            assert poll(client, "export-hook")["status"] == "completed"
-        deadline = time.monotonic() + 60
-        while len(Receiver.received) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert len(Receiver.received) == 2
+            assert poll(client, job_id)["status"] == "completed"
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def wait_received(receiver: type[Receiver], count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while len(receiver.received) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(receiver.received) == count
+
+
+def recorded_attempts(api: Api, job_id: str, count: int) -> list[dict[str, Any]]:
+    """The job's webhookAttempts in status.json once ``count`` are there (or after 10 s)."""
+    status_file = api.root / "exports" / job_id / "status.json"
+    deadline = time.monotonic() + 10
+    attempts: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        attempts = json.loads(status_file.read_text()).get("webhookAttempts", [])
+        if len(attempts) == count:
+            break
+        time.sleep(0.1)
+    return attempts
+
+
+def test_webhook_is_signed_and_retried(api: Api) -> None:
+    with completed_job_with_hook(api, Receiver, "export-hook"):
+        wait_received(Receiver, 2, timeout=60)
         (h1, b1), (h2, b2) = Receiver.received
         assert b1 == b2 and h1["x-cutfarm-delivery"] == h2["x-cutfarm-delivery"]
         assert h2["x-cutfarm-event"] == "export.completed"
@@ -140,18 +168,9 @@ def test_webhook_is_signed_and_retried(api: Api) -> None:
             Webhook(b"another-secret").verify(b2, h2)
         with pytest.raises(WebhookVerificationError):
             Webhook(SECRET.encode()).verify(b2.replace(b"completed", b"failed"), h2)
-        status_file = api.root / "exports" / "export-hook" / "status.json"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            attempts = json.loads(status_file.read_text()).get("webhookAttempts", [])
-            if len(attempts) == 2:
-                break
-            time.sleep(0.1)
+        attempts = recorded_attempts(api, "export-hook", 2)
         assert [a["status"] for a in attempts] == [500, 200]
         assert [a["delivered"] for a in attempts] == [False, True]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 class SlowReceiver(Receiver):
@@ -164,43 +183,20 @@ class SlowReceiver(Receiver):
 
 def test_webhook_retries_survive_a_coordinator_restart(api: Api) -> None:
     """Issue 12: pending webhook retries died with the coordinator."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowReceiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        cfg = config("export-outbox")
-        cfg["callbackUrl"] = f"http://127.0.0.1:{server.server_port}/hooks"
-        with api.client(TOKEN) as client:
-            assert client.post("/api/export", json=cfg).status_code == 200
-            assert poll(client, "export-outbox")["status"] == "completed"
-        deadline = time.monotonic() + 30
-        while not SlowReceiver.received and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(SlowReceiver.received) == 1
+    with completed_job_with_hook(api, SlowReceiver, "export-outbox"):
+        wait_received(SlowReceiver, 1, timeout=30)
         # Killed between attempt 1 and its retry, 6 s later: Ray restarts it.
         ray.kill(ray.get_actor(COORDINATOR_NAME, namespace=api.settings.namespace),
                  no_restart=False)
-        deadline = time.monotonic() + 90
-        while len(SlowReceiver.received) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert len(SlowReceiver.received) == 2
+        wait_received(SlowReceiver, 2, timeout=90)
         (h1, b1), (h2, b2) = SlowReceiver.received
         assert b1 == b2 and h1["webhook-id"] == h2["webhook-id"]
         assert Webhook(SECRET.encode()).verify(b2, h2)["jobId"] == "export-outbox"
-        status_file = api.root / "exports" / "export-outbox" / "status.json"
-        deadline = time.monotonic() + 10
-        attempts: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            attempts = json.loads(status_file.read_text()).get("webhookAttempts", [])
-            if len(attempts) == 2:
-                break
-            time.sleep(0.1)
+        attempts = recorded_attempts(api, "export-outbox", 2)
         assert [(a["attempt"], a["status"], a["delivered"], a["final"]) for a in attempts] == [
             (1, 503, False, False), (2, 200, True, True)]
         time.sleep(1)
         assert len(SlowReceiver.received) == 2  # delivered once more, never again
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_invalid_callback_url_is_refused(api: Api) -> None:

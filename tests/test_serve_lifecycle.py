@@ -22,6 +22,7 @@ import pytest
 
 from tests import mediagen as mg
 from tests.http_support import free_port
+from tests.procs import descendants
 
 CUTFARM = [sys.executable, "-m", "serve_app.cli"]
 #: A transcode to HEVC at 720p: long enough on two cores to be caught mid-run.
@@ -87,28 +88,6 @@ def healthy(url: str) -> bool:
         return httpx.get(f"{url}/api/health", timeout=10).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` now (Ray's GCS, raylet, agents, workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def alive(pid: int) -> bool:

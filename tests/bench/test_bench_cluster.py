@@ -69,6 +69,7 @@ from tests.bench.benchmedia import (
     report,
 )
 from tests.cluster_support import link_sources, new_namespace, shutdown_actors
+from tests.procs import proc_table
 
 #: Rounds of benchmark 1 (each: one in-process export and one cluster job, interleaved).
 OVERHEAD_ROUNDS = 2
@@ -190,22 +191,6 @@ def scan_logs(logs: Path | None) -> dict[str, Any]:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_table() -> dict[int, tuple[int, float]]:
-    """pid -> (ppid, CPU seconds of the process and of its reaped children)."""
-    table: dict[int, tuple[int, float]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue  # exited meanwhile
-        f = stat[stat.rindex(")") + 2:].split()
-        # fields after "pid (comm)": state ppid ... utime(14) stime cutime cstime (1-based)
-        table[int(d.name)] = (int(f[1]), sum(int(x) for x in f[11:15]) / _TICK)
-    return table
-
-
 @dataclass(frozen=True)
 class Cpu:
     """CPU seconds so far (all threads): this process, its descendants (the local Ray's
@@ -219,7 +204,7 @@ class Cpu:
 
     @classmethod
     def now(cls) -> Cpu:
-        table = _proc_table()
+        table = proc_table()
         me = os.getpid()
         kids: dict[int, list[int]] = {}
         for pid, (ppid, _) in table.items():
