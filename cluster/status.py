@@ -52,8 +52,8 @@ class StatusBook:
                  writer: Writer | None = None) -> None:
         self.store = store
         self.metrics = metrics
-        self.writer: Writer = writer or (lambda s, durable: store.write_status(s,
-                                                                                durable=durable))
+        self.writer: Writer = writer or (
+            lambda s, durable: store.write_status_data(s.job_id, s.to_file(), durable))
         self.jobs: dict[str, JobStatus] = {}
         for status, repaired in store.iter_statuses():
             self.jobs[status.job_id] = status
@@ -247,6 +247,10 @@ class StatusActor:
         if durable:
             self._durable = done
 
+    async def _drain(self) -> None:
+        """Wait until every write queued so far is done."""
+        await asyncio.wrap_future(self._disk.submit(lambda: None))
+
     async def _written(self) -> None:
         """Wait for the last durable write (and so every write before it) to finish."""
         done, self._durable = self._durable, None
@@ -301,7 +305,7 @@ class StatusActor:
         """Drop the job; returns once no write for it is pending (its folder can go)."""
         self.book.forget(job_id)
         self._notify(job_id)
-        await asyncio.wrap_future(self._disk.submit(lambda: None))
+        await self._drain()
 
     async def wait_change(self, job_id: str, version: int, timeout: float) -> JobStatus:
         """The job's status once its version passes ``version`` (or after ``timeout``)."""
@@ -316,7 +320,7 @@ class StatusActor:
     async def flush(self) -> None:
         """Every document on disk, durably, before this returns."""
         self.book.flush()
-        await asyncio.wrap_future(self._disk.submit(lambda: None))
+        await self._drain()
 
     async def report_states(self) -> None:
         """Set the job-state gauges again (the coordinator calls this periodically)."""

@@ -58,15 +58,12 @@ class JobStore:
             raise JobNotFoundError(f"export {job_id!r} not found") from exc
         return data
 
-    def write_status(self, status: JobStatus, *, durable: bool = True) -> None:
-        """``durable=False`` skips fsync: progress ticks need atomicity, not power-loss
-        safety, and an fsync per tick on network storage would stall the status actor."""
-        _atomic_write(self.job_dir(status.job_id) / STATUS_FILE, status.to_file(),
-                      durable=durable)
-
     def write_status_data(self, job_id: str, data: dict[str, Any], durable: bool) -> None:
-        """A status document serialised earlier; nothing when the job's folder is gone (a
-        late write must not bring a deleted job back)."""
+        """A status document (``JobStatus.to_file()``, possibly taken earlier); nothing when
+        the job's folder is gone (a late write must not bring a deleted job back).
+
+        ``durable=False`` skips fsync: progress ticks need atomicity, not power-loss
+        safety, and an fsync per tick on network storage would stall the status actor."""
         d = self.job_dir(job_id)
         if d.is_dir():
             _atomic_write(d / STATUS_FILE, data, durable=durable)
