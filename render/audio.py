@@ -175,11 +175,11 @@ def _silence(n: int, channels: int) -> Iterator[FloatBlock]:
 
 def _decode_span(src: SourceInfo, start: Fraction, n: int, target: AudioTarget) -> Iterator[
         FloatBlock]:
-    """Exactly ``n`` samples of the source's audio from ``start`` (normalized clock)."""
+    """Exactly ``n`` samples of the source's audio from ``start`` (the file's clock)."""
     assert src.audio is not None
     rate = target.sample_rate
     want = round((start - src.audio.start) * rate)  # sample number in the stream's own count
-    stream_origin = src.audio.start + src.audio.clock_origin  # container time of sample 0
+    stream_origin = src.audio.start  # container time of sample 0
     produced = 0
     try:
         with av.open(str(src.path), metadata_errors="ignore") as container:

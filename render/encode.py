@@ -67,6 +67,8 @@ class EncoderSettings:
     colorspace: int = 2
     color_range: int = 0
     threads: int = 0
+    #: Display rotation of the output track: frames are encoded turned for it.
+    rotation: int = 0
 
     @property
     def encoder(self) -> str:
@@ -74,7 +76,7 @@ class EncoderSettings:
 
     @property
     def format(self) -> VideoFormat:
-        return VideoFormat(self.codec, self.width, self.height, self.pix_fmt)
+        return VideoFormat(self.codec, self.width, self.height, self.pix_fmt, self.rotation)
 
 
 def matched_settings(src: SourceInfo, *, crf: int | None = None, preset: str = "fast") -> (
@@ -97,6 +99,7 @@ def matched_settings(src: SourceInfo, *, crf: int | None = None, preset: str = "
         color_trc=v.color_trc,
         colorspace=v.colorspace,
         color_range=v.color_range,
+        rotation=v.format.rotation,
     )
 
 
@@ -222,11 +225,25 @@ class _PacketSink:
         self.writer.abort()
 
 
+#: Filters that turn a picture counter-clockwise by the key's degrees.
+_TURNS: dict[int, tuple[tuple[str, str], ...]] = {
+    90: (("transpose", "cclock"),),
+    180: (("hflip", ""), ("vflip", "")),
+    270: (("transpose", "clock"),),
+}
+
+
 class _Fitter:
-    """Scale (keeping the picture's shape) and pad into the output frame when sizes differ."""
+    """Turn, scale (keeping the picture's shape) and pad into the output frame.
+
+    A source whose display rotation differs from the output track's is turned upright for
+    that track: the output shows ``rotate(coded, out)``, the source ``rotate(coded, src)``.
+    """
 
     def __init__(self, src: VideoFormat, s: EncoderSettings) -> None:
-        self.same = (src.width, src.height, src.pix_fmt) == (s.width, s.height, s.pix_fmt)
+        self.turn = (src.rotation - s.rotation) % 360
+        self.same = (src.width, src.height, src.pix_fmt, self.turn) == (
+            s.width, s.height, s.pix_fmt, 0)
         self.s = s
         self.graph: av.filter.Graph | None = None
         self.src = src
@@ -246,13 +263,18 @@ class _Fitter:
         g = av.filter.Graph()
         buf = g.add_buffer(width=frame.width, height=frame.height, format=frame.format,
                            time_base=Fraction(1, 1000))
+        head: av.filter.context.FilterContext = buf
+        for name, arg in _TURNS.get(self.turn, ()):
+            turn = g.add(name, arg or None)
+            head.link_to(turn)
+            head = turn
         scale = g.add("scale", f"w={s.width}:h={s.height}:force_original_aspect_ratio=decrease"
                                ":force_divisible_by=2:flags=bicubic")
         pad = g.add("pad", f"w={s.width}:h={s.height}:x=(ow-iw)/2:y=(oh-ih)/2:color=black")
         fmt = g.add("format", f"pix_fmts={s.pix_fmt}")
         sar = g.add("setsar", "1")
         sink = g.add("buffersink")
-        buf.link_to(scale)
+        head.link_to(scale)
         scale.link_to(pad)
         pad.link_to(fmt)
         fmt.link_to(sar)

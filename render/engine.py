@@ -174,8 +174,10 @@ def prepare_with(config: ExportConfig, sources: dict[int, SourceInfo], *,
         out.codec, "copy")
     first = sources[config.segments[0].source_index]
     if out.reencodes:
-        width = out.width or first.video.format.width
-        height = out.height or first.video.format.height
+        # Re-encoded outputs are upright: every source is turned by its display matrix.
+        shown_w, shown_h = first.video.format.display_size
+        width = out.width or shown_w
+        height = out.height or shown_h
         width, height = width - width % 2, height - height % 2
         if width < 16 or height < 16:
             raise ConfigError("output.width and output.height must be at least 16",

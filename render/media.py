@@ -24,12 +24,23 @@ class VideoFormat:
     """The properties two streams must share for their samples to live in one track."""
 
     codec: str  # FFmpeg codec name: "h264", "hevc", ...
-    width: int
+    width: int  # coded size, as stored
     height: int
     pix_fmt: str  # e.g. "yuv420p", "yuv420p10le"
+    #: Display-matrix rotation in counter-clockwise degrees (0, 90, 180 or 270), as
+    #: ``VideoFrame.rotation`` reads it: a track has one, so it is part of the format.
+    rotation: int = 0
 
     def describe(self) -> str:
-        return f"{self.codec} {self.width}x{self.height} {self.pix_fmt}"
+        turned = f" rotated {self.rotation}°" if self.rotation else ""
+        return f"{self.codec} {self.width}x{self.height} {self.pix_fmt}{turned}"
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) as a player shows the picture."""
+        if self.rotation % 180:
+            return self.height, self.width
+        return self.width, self.height
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,8 +177,7 @@ class AudioTrackInfo:
     sample_rate: int
     channels: int
     layout: str
-    start: Fraction  # stream start, seconds, on the normalized clock (first video frame = 0)
-    clock_origin: Fraction  # container time of the first video frame: subtract to normalize
+    start: Fraction  # seconds on the file's presentation clock (the video's clock too)
     stream_index: int
     bit_rate: int
 

@@ -362,7 +362,9 @@ def _video_stream(
         return st, _Track(fmt.codec, b"")
     template_src = next((sources[p.source] for p in plan.pieces if isinstance(p, CopyPiece)),
                         None)
-    if template_src is not None and template_src.video.format == fmt:
+    synthetic = template_src is None or template_src.video.format != fmt
+    if not synthetic:
+        assert template_src is not None
         # A camera's record heads the track, so its length size frames every packet.
         record = template_src.video.record_of(0)
         inp = av.open(str(template_src.path), metadata_errors="ignore")
@@ -373,6 +375,9 @@ def _video_stream(
                       format="mp4")
     templates.append(inp)
     st = out.add_stream_from_template(inp.streams.video[0])
+    if synthetic and fmt.rotation:
+        # A camera's template carries its own display matrix; ours has none.
+        st.set_display_rotation(fmt.rotation)
     st.codec_context.extradata = record
     st.time_base = plan.out_time_base
     st.codec_tag = _TAGS.get(fmt.codec, st.codec_tag or "")

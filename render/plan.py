@@ -5,7 +5,12 @@ without media. All times are exact: ticks of a source's time base, or Fractions 
 floats from the editor enter once, through ``config.seconds``.
 
 A segment keeps exactly the source frames whose presentation time lies in
-[startTime, endTime). In copy mode its video becomes, in output order:
+[startTime, endTime), on the file's own presentation clock: the one ffprobe prints, a
+browser's ``<video>`` plays and the editor's playhead shows, where the first video frame may
+sit after 0 (B-frame delay without an edit list, an empty edit). A segment that starts
+before that first frame holds it from the segment start, so no audio is lost.
+
+In copy mode a segment's video becomes, in output order:
 
     [encode head]  frames from the cut-in up to the first copyable keyframe
     [copy ...]     whole GOPs from that keyframe, split at keyframes into bounded pieces
@@ -13,7 +18,8 @@ A segment keeps exactly the source frames whose presentation time lies in
 
 Output timestamps follow the source: each segment's frames keep their source spacing and
 segments are laid end to end, each starting where the previous one's last frame ends, so the
-output duration is the exact sum of the kept frames' durations and nothing drifts. DTS are
+output duration is the exact sum of the kept frames' durations (plus any hold of a file's
+first frame) and nothing drifts. DTS are
 not planned per piece; the muxer derives them from the output pts grid and one global reorder
 delay (``Plan.reorder_delay``).
 """
@@ -28,7 +34,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from .config import Accuracy, ExportConfig
+from .config import Accuracy, ExportConfig, Segment
 from .errors import ConfigError, SegmentRangeError
 from .media import FrameIndex, IntArray, VideoFormat
 
@@ -62,10 +68,13 @@ class SegmentCut:
     source: int
     first: int  # display index of the first kept frame
     stop: int  # display index one past the last kept frame
-    src_start: Fraction  # seconds: pts of ``first`` (source clock, first frame at 0)
+    src_start: Fraction  # seconds on the file's presentation clock: pts of ``first`` - hold
     duration: Fraction  # seconds: exact sum of the kept frames' durations
     out_start: Fraction  # seconds on the output timeline
     audio: bool  # this segment contributes its source's audio
+    #: Ticks the first kept frame is shown before its own pts: a segment that starts before
+    #: the file's first video frame holds that frame from the segment start, as players do.
+    hold: int = 0
 
     @property
     def frames(self) -> int:
@@ -400,16 +409,13 @@ def resolve_cuts(
             if config.accuracy is Accuracy.KEYFRAME:
                 dropped.append(i)
                 continue
-            raise ConfigError(
-                f"segments[{i}] ({seg.start_time}s to {seg.end_time}s) contains no frame of "
-                f"source {seg.source_index}",
-                field=f"segments[{i}]",
-            )
-        src_start = index.seconds(int(index.disp_pts[first]))
-        duration = index.seconds(int(index.disp_end[stop - 1] - index.disp_pts[first]))
+            raise ConfigError(_no_frame_message(i, seg, index), field=f"segments[{i}]")
+        hold = _hold_ticks(index, first, start)
+        src_start = index.seconds(int(index.disp_pts[first]) - hold)
+        duration = index.seconds(int(index.disp_end[stop - 1] - index.disp_pts[first]) + hold)
         audio = (config.output.include_audio and seg.audio_from_source and src.has_audio)
         cuts.append(SegmentCut(i, seg.source_index, first, stop, src_start, duration,
-                               out_start, audio))
+                               out_start, audio, hold))
         out_start += duration
     if not cuts:
         raise ConfigError(
@@ -418,6 +424,28 @@ def resolve_cuts(
             field="segments",
         )
     return cuts, tuple(dropped)
+
+
+def _hold_ticks(index: FrameIndex, first: int, start: Fraction) -> int:
+    """How long before its pts the first frame of the file shows when a segment starts early.
+
+    Only the file's first frame is held: mid-file, a cut between two frames starts at the
+    next frame, as it always has. The gap is whole ticks from the cut time (rounded like
+    ``select_frames``), never earlier than the file's time 0.
+    """
+    if first != 0 or index.count == 0:
+        return 0
+    start_ticks = max(_ceil_ticks(start - TIME_EPSILON, index.time_base), 0)
+    return max(int(index.disp_pts[0]) - start_ticks, 0)
+
+
+def _no_frame_message(i: int, seg: Segment, index: FrameIndex) -> str:
+    text = (f"segments[{i}] ({seg.start_time}s to {seg.end_time}s) contains no frame of "
+            f"source {seg.source_index}")
+    first_shown = index.seconds(int(index.disp_pts[0])) if index.count else None
+    if first_shown is not None and first_shown >= seg.end:
+        text += f": its video starts at {float(first_shown):.3f}s on the file's clock"
+    return text
 
 
 def _audio_spans(config: ExportConfig, cuts: Sequence[SegmentCut]) -> tuple[AudioSpan, ...]:
@@ -446,7 +474,8 @@ def _plan_copy(
     for cut in cuts:
         src = sources[cut.source]
         index = src.index
-        rel = index.disp_pts[cut.first:cut.stop] - index.disp_pts[cut.first]
+        rel = index.disp_pts[cut.first:cut.stop] - (index.disp_pts[cut.first] - cut.hold)
+        rel[0] = 0
         pts_parts.append(_to_ticks(cut.out_start, rel, index.time_base, out_tb))
         if src.format == out_format:
             pieces.extend(plan_segment_pieces(

@@ -98,13 +98,13 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
     if codec in NAL_CODECS:
         length_size = _length_size(codec, bytes(cc.extradata or b""), name)
     rap = _random_access_points(path, codec, track, length_size)
-    # Samples an edit list hides (before the edit's start) stay in the index as decode
-    # references, with negative times; time 0 is the first frame a player shows.
-    shown = ~np.asarray(track.discard, dtype=bool)
-    origin = int(np.min(track.pts[shown])) if shown.any() else int(np.min(track.pts))
+    # The file's own presentation clock, as FFmpeg, ffprobe, a browser's <video> and the
+    # editor's playhead read it: the first shown frame may sit after 0 (B-frame delay
+    # without an edit list, an empty edit). Samples an edit list hides stay in the index
+    # as decode references, with times before the first shown frame.
     index = FrameIndex(
         time_base=Fraction(1, track.timescale),
-        pts=(track.pts - origin).astype(np.int64),
+        pts=track.pts.astype(np.int64),
         duration=track.duration.astype(np.int64),
         rap=rap,
         size=track.size.astype(np.int64),
@@ -129,7 +129,7 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
         records=tuple(e.config or b"" for e in track.sample_entries),
         stsd=np.asarray(track.stsd_index, dtype=np.int64),
     )
-    audio = _probe_audio(container, Fraction(origin, track.timescale))
+    audio = _probe_audio(container)
     return SourceInfo(path=path, size=size, container=fmt_name, video=video, audio=audio)
 
 
@@ -220,9 +220,7 @@ def _mean_bitrate(track: mp4index.TrackTable) -> int:
     return int(int(np.sum(track.size)) * 8 * track.timescale / span)
 
 
-def _probe_audio(
-    container: av.container.InputContainer, video_origin: Fraction
-) -> AudioTrackInfo | None:
+def _probe_audio(container: av.container.InputContainer) -> AudioTrackInfo | None:
     if not container.streams.audio:
         return None
     st = container.streams.audio[0]
@@ -235,8 +233,7 @@ def _probe_audio(
         sample_rate=int(cc.sample_rate),
         channels=int(cc.channels),
         layout=cc.layout.name,
-        start=start - video_origin,
-        clock_origin=video_origin,
+        start=start,
         stream_index=st.index,
         bit_rate=int(cc.bit_rate or st.bit_rate or 0),
     )

@@ -24,7 +24,8 @@ Reader assumptions (see :func:`read_stamp`):
   ambiguous (between 72 and 184 on full-range 0-255 luma) or a CRC mismatch
   makes the whole stamp unreadable (``None``).  So blended frames (cross
   fades) and garbage are rejected instead of misread.
-* the content must not be cropped, rotated or mirrored.
+* the content must not be cropped or mirrored; a display matrix (rotation) is applied
+  before reading, as a player applies it.
 
 Encoding and timing
 -------------------
@@ -57,7 +58,7 @@ import functools
 import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -183,6 +184,16 @@ class CameraSpec:
     crf: int = 23
     preset: str = "veryfast"
     audio_codec: str = "aac"
+    #: Seconds on the file's clock before the first video frame (audio still starts at 0):
+    #: an empty edit in MP4/MOV, as cameras that start the picture late write it.
+    video_start: Fraction = Fraction(0)
+    #: False: no edit list (``use_editlist=0``), so the first frame sits at its B-frame
+    #: delay and AAC priming is not hidden, like many cameras' and OBS remuxes' files.
+    edit_list: bool = True
+    #: Write the audio track before the video track.
+    audio_first: bool = False
+    #: Display-matrix rotation, counter-clockwise degrees as ``VideoFrame.rotation`` reads it.
+    rotation: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.camera < (1 << CAMERA_BITS):
@@ -207,6 +218,13 @@ class CameraSpec:
             raise ValueError("opus needs sample_rate 48000")
         if self.audio_channels not in (1, 2):
             raise ValueError("audio_channels must be 1 or 2")
+        self._check_layout()
+
+    def _check_layout(self) -> None:
+        if self.video_start < 0 or (self.video_start * self.fps).denominator != 1:
+            raise ValueError("video_start must be a whole number of frames >= 0")
+        if self.rotation % 90:
+            raise ValueError("rotation must be a multiple of 90")
 
     @property
     def bit_depth(self) -> int:
@@ -219,17 +237,19 @@ class GeneratedMedia:
 
     path: Path
     spec: CameraSpec
-    #: pts of frame n (display order) as PyAV's demuxer reports it; [0] == 0.
+    #: pts of frame n (display order) as PyAV's demuxer reports it: the file's clock.
+    #: [0] == video_start, or later without an edit list (the B-frame delay).
     frame_pts: tuple[Fraction, ...]
-    #: the intended pts (equal to frame_pts for mp4/mov; mkv rounds to 1 ms).
+    #: the intended pts from 0 (frame_pts - frame_pts[0] for mp4/mov; mkv rounds to 1 ms).
     nominal_frame_pts: tuple[Fraction, ...]
     #: frame numbers whose packet is flagged as keyframe.
     keyframes: tuple[int, ...]
-    #: end of the last frame (last pts + its duration), nominal.
+    #: end of the last frame (last pts + its duration) on the file's clock.
     duration: Fraction
     #: pts of the first decoded audio sample (0), or None without audio.
     audio_start: Fraction | None
-    #: source times of the audio clicks (whole seconds).
+    #: file-clock times of the audio clicks: whole seconds, plus the AAC priming when no
+    #: edit list hides it (measured by decoding, within one sample).
     click_times: tuple[Fraction, ...] = field(default=())
 
     @property
@@ -415,8 +435,20 @@ def _frame_planes(spec: CameraSpec, n: int) -> tuple[FloatArray, FloatArray, Flo
 
 
 def render_frame(spec: CameraSpec, n: int) -> av.VideoFrame:
-    """Frame n of the camera (no pts set), in spec.pix_fmt."""
-    y, u, v = _frame_planes(spec, n)
+    """Frame n of the camera (no pts set), in spec.pix_fmt.
+
+    With a rotation the picture is drawn upright at the displayed size and turned into the
+    coded orientation, as a phone stores it: only a reader that applies the display matrix
+    sees the stamp the right way up.
+    """
+    if spec.rotation % 360:
+        turns = spec.rotation // 90
+        shown = replace(spec, rotation=0, width=spec.height, height=spec.width) \
+            if turns % 2 else replace(spec, rotation=0)
+        planes = _frame_planes(shown, n)
+        y, u, v = (np.ascontiguousarray(np.rot90(p, k=-turns)) for p in planes)
+    else:
+        y, u, v = _frame_planes(spec, n)
     if spec.bit_depth == 8:
         planes8 = [np.rint(p).astype(np.uint8) for p in (y, u, v)]
         flat8 = np.concatenate([p.ravel() for p in planes8])
@@ -509,6 +541,8 @@ def _add_video_stream(out: OutputContainer, spec: CameraSpec, time_base: Fractio
         vs.time_base = VFR_TIME_BASE
     if spec.codec == "hevc" and spec.container != "mkv":
         vs.codec_tag = "hvc1"  # Apple-style tag instead of FFmpeg's default hev1
+    if spec.rotation:
+        vs.set_display_rotation(spec.rotation)
     return vs
 
 
@@ -552,18 +586,23 @@ def make_camera(path: Path, spec: CameraSpec) -> GeneratedMedia:
     times, end = nominal_frame_times(spec)
     video_tb = VFR_TIME_BASE if spec.vfr else 1 / Fraction(spec.fps)
     options = {"movflags": _FRAG_MOVFLAGS} if spec.fragmented else {}
+    if not spec.edit_list:
+        options["use_editlist"] = "0"
     fmt = _CONTAINER_FORMATS[spec.container]
     with av.open(str(path), "w", format=fmt, options=options) as out:
+        samples = round((end + spec.video_start) * spec.sample_rate)
+        audio = _AudioFeeder(out, spec, samples) if spec.audio and spec.audio_first else None
         vs = _add_video_stream(out, spec, video_tb)
-        audio = _AudioFeeder(out, spec, round(end * spec.sample_rate)) if spec.audio else None
+        if spec.audio and not spec.audio_first:
+            audio = _AudioFeeder(out, spec, samples)
         out.start_encoding()
         for n, t in enumerate(times):
             frame = render_frame(spec, n)
-            frame.pts = int(t / video_tb)
+            frame.pts = int((t + spec.video_start) / video_tb)
             frame.time_base = video_tb
             out.mux(vs.encode(frame))
             if audio is not None:
-                audio.push(math.ceil(t * spec.sample_rate))
+                audio.push(math.ceil((t + spec.video_start) * spec.sample_rate))
         out.mux(vs.encode(None))
         if audio is not None:
             audio.finish()
@@ -577,12 +616,13 @@ def _verify_generated(
     pts_list = sorted(p.pts for p in table if p.pts is not None)
     if len(pts_list) != len(times):
         raise RuntimeError(f"{path}: {len(pts_list)} video packets, expected {len(times)}")
-    if pts_list[0] != 0:
-        raise RuntimeError(f"{path}: first video pts is {pts_list[0]}, expected 0")
+    first = pts_list[0]
+    if first != spec.video_start and (spec.edit_list or first < spec.video_start):
+        raise RuntimeError(f"{path}: first video pts is {first}, expected {spec.video_start}")
     tol = Fraction(1, 1000) if spec.container == "mkv" else Fraction(0)
     for n, (got, want) in enumerate(zip(pts_list, times, strict=True)):
-        if abs(got - want) > tol:
-            raise RuntimeError(f"{path}: frame {n} pts {got} != {want}")
+        if abs(got - first - want) > tol:
+            raise RuntimeError(f"{path}: frame {n} pts {got} != {first} + {want}")
     index = {p: i for i, p in enumerate(pts_list)}
     keyframes = tuple(sorted(index[p.pts] for p in table if p.is_keyframe and p.pts is not None))
 
@@ -596,17 +636,38 @@ def _verify_generated(
                 break
         if audio_start != 0:
             raise RuntimeError(f"{path}: audio starts at {audio_start}, expected 0")
-        clicks = tuple(Fraction(k) for k in range(math.ceil(end)) if k < end)
+        clicks = tuple(Fraction(k) for k in range(math.ceil(end + spec.video_start))
+                       if k < end + spec.video_start)
+        if not spec.edit_list:
+            clicks = _measured_clicks(path, clicks)
     return GeneratedMedia(
         path=path,
         spec=spec,
         frame_pts=tuple(pts_list),
         nominal_frame_pts=tuple(times),
         keyframes=keyframes,
-        duration=end,
+        duration=first + end,
         audio_start=audio_start,
         click_times=clicks,
     )
+
+
+def _measured_clicks(path: Path, written: tuple[Fraction, ...]) -> tuple[Fraction, ...]:
+    """Where the file's clock puts the clicks when no edit list trims the encoder's priming.
+
+    Without an edit list the mov muxer stretches the first audio sample to keep the rest on
+    time, so samples are placed by their timestamps, not counted from the first one.
+    """
+    audio = decode_audio(path, by_timestamps=True)
+    found = find_clicks(audio.samples, audio.sample_rate, audio.start_time)
+    if len(found) != len(written):
+        raise RuntimeError(f"{path}: {len(found)} clicks decoded, {len(written)} written")
+    shift = Fraction(round((found[0] - float(written[0])) * audio.sample_rate),
+                     audio.sample_rate)
+    if any(abs(f - float(w + shift)) > 2 / audio.sample_rate
+           for f, w in zip(found, written, strict=True)):
+        raise RuntimeError(f"{path}: clicks are not evenly shifted: {found}")
+    return tuple(w + shift for w in written)
 
 
 # --------------------------------------------------------------------------
@@ -758,9 +819,15 @@ def read_stamp_luma(
 def read_stamp(frame: av.VideoFrame, content_rect: Rect | None = None) -> tuple[int, int] | None:
     """(camera, frame_number) stamped into the frame, or None if unreadable.
 
-    ``content_rect`` (pixels of *this* frame) skips the automatic black-bar detection.
+    The frame is read as a player shows it: turned by its display matrix
+    (``frame.rotation``, counter-clockwise degrees). ``content_rect`` (pixels of the
+    turned frame) skips the automatic black-bar detection.
     """
-    return read_stamp_luma(frame_luma(frame), content_rect)
+    luma = frame_luma(frame)
+    turns = (frame.rotation // 90) % 4
+    if turns:
+        luma = np.ascontiguousarray(np.rot90(luma, k=turns))
+    return read_stamp_luma(luma, content_rect)
 
 
 # --------------------------------------------------------------------------
@@ -870,24 +937,37 @@ def decode_video(path: Path, content_rect: Rect | None = None) -> DecodedVideo:
     )
 
 
-def decode_audio(path: Path) -> DecodedAudio:
-    """Decode the first audio stream to a float32 mono mixdown (samples concatenated)."""
+def decode_audio(path: Path, *, by_timestamps: bool = False) -> DecodedAudio:
+    """Decode the first audio stream to a float32 mono mixdown.
+
+    Samples are concatenated, or with ``by_timestamps`` placed where each decoded frame's
+    pts says (gaps become silence), as a player that follows the file's clock hears them.
+    """
     chunks: list[F32Array] = []
     start: Fraction | None = None
     with av.open(str(path)) as c:
         st = _audio_stream(c, path)
         rate = st.codec_context.sample_rate
         resampler = av.AudioResampler(format="fltp")
+        placed = 0
 
-        def take(frames: Iterable[av.AudioFrame]) -> None:
+        def take(frames: Iterable[av.AudioFrame], at: Fraction | None = None) -> None:
+            nonlocal placed
             for g in frames:
                 arr = np.asarray(g.to_ndarray(), dtype=np.float32)
+                if by_timestamps and at is not None and start is not None:
+                    gap = round((at - start) * rate) - placed
+                    if gap > 0:
+                        chunks.append(np.zeros(gap, dtype=np.float32))
+                        placed += gap
                 chunks.append(arr.mean(axis=0, dtype=np.float32))
+                placed += arr.shape[1]
 
         for frame in c.decode(st):
+            at = _seconds(frame.pts, frame.time_base or st.time_base)
             if start is None:
-                start = _seconds(frame.pts, frame.time_base or st.time_base)
-            take(resampler.resample(frame))
+                start = at
+            take(resampler.resample(frame), at)
         take(resampler.resample(None))
     samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     start_time = start if start is not None else Fraction(0)

@@ -1,0 +1,178 @@
+"""Real camera files: the file's own clock, display rotation, odd containers and tracks.
+
+Expectations here never come from the engine's plan: which source frames a segment keeps,
+where each lands in the output and where each audio click must be heard are computed from
+the generator's ground truth (frame pts and click times as FFmpeg's demuxer and decoder
+report them, the clock ffprobe prints and the editor's playhead follows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from render.config import parse_config
+from render.engine import Prepared, execute, prepare
+from render.errors import ConfigError
+from tests import mediagen as mg
+
+EPS = Fraction(1, 1_000_000)
+#: Clicks this close to a cut are not looked for: the cut may fall inside one.
+MARGIN = Fraction(1, 50)
+
+CAMERAS: dict[str, mg.CameraSpec] = {
+    "plain.mp4": mg.CameraSpec(camera=1, seconds=4),
+    # No edit list, audio track first: the first frame shows at its B-frame delay (66.7 ms),
+    # as in many cameras' files and in OBS remuxes.
+    "late.mp4": mg.CameraSpec(camera=12, seconds=4, edit_list=False, audio_first=True),
+    # The picture starts after the sound: an empty edit.
+    "gap.mp4": mg.CameraSpec(camera=13, seconds=4, video_start=Fraction(1, 2)),
+    "gap_fifth.mp4": mg.CameraSpec(camera=14, seconds=4, video_start=Fraction(1, 5)),
+}
+
+
+@dataclass(frozen=True)
+class Expected:
+    stamps: list[tuple[int, int]]
+    times: list[Fraction]  # output presentation time of every frame
+    clicks: list[Fraction]  # output times of the source clicks inside the segments
+    duration: Fraction
+
+
+def expect(media: Mapping[str, mg.GeneratedMedia],
+           segments: Sequence[tuple[str, float, float]]) -> Expected:
+    """What a frame-exact export of ``segments`` must contain, from ground truth alone.
+
+    A segment keeps the frames whose pts lies in [start, end); the file's first frame,
+    when kept, shows from the segment start (a player shows it from 0 too).
+    """
+    stamps: list[tuple[int, int]] = []
+    times: list[Fraction] = []
+    clicks: list[Fraction] = []
+    out = Fraction(0)
+    for name, s, e in segments:
+        gen = media[name]
+        start, end = Fraction(str(s)), Fraction(str(e))
+        kept = [n for n, p in enumerate(gen.frame_pts) if start - EPS <= p < end - EPS]
+        assert kept, f"test bug: {name} [{s}, {e}) holds no frame"
+        shown_from = gen.frame_pts[kept[0]]
+        if kept[0] == 0:
+            shown_from = min(shown_from, max(start, Fraction(0)))
+        for n in kept:
+            stamps.append((gen.spec.camera, n))
+            times.append(out + (gen.frame_pts[n] - shown_from if n != kept[0] else 0))
+        shown_to = gen.frame_pts[kept[-1]] + 1 / Fraction(gen.spec.fps)
+        clicks.extend(out + c - shown_from for c in gen.click_times
+                      if shown_from + MARGIN <= c <= shown_to - MARGIN)
+        out += shown_to - shown_from
+    return Expected(stamps, times, clicks, out)
+
+
+def export(root: Path, segments: Sequence[tuple[str, float, float]], tmp_path: Path,
+           **output: Any) -> tuple[Prepared, Path]:
+    files = sorted({name for name, _, _ in segments})
+    cfg = {
+        "version": 1,
+        "id": "camera-files",
+        "sources": [{"id": f"s{i}", "filePath": f} for i, f in enumerate(files)],
+        "segments": [{"sourceIndex": files.index(n), "startTime": s, "endTime": e}
+                     for n, s, e in segments],
+        "output": {"format": "mp4", "codec": "copy", **output},
+    }
+    prep = prepare(parse_config(cfg), [root])
+    out = tmp_path / "out.mp4"
+    execute(prep, out)
+    return prep, out
+
+
+def check_export(out: Path, want: Expected) -> None:
+    video = mg.decode_video(out)
+    assert video.errors == 0, video.messages[:5]
+    assert video.stamps == want.stamps
+    first = video.pts[0]
+    assert first is not None
+    got_times = [t - first for t in video.pts if t is not None]
+    assert got_times == want.times
+    assert mg.stream_info(out).duration == want.duration
+    audio = mg.decode_audio(out)
+    found = mg.find_clicks(audio.samples, audio.sample_rate, audio.start_time)
+    assert want.clicks
+    for t in want.clicks:
+        near = min(found, key=lambda f: abs(f - float(t)))
+        assert abs(near - float(t)) < 0.002, (float(t), near)
+
+
+@pytest.fixture(scope="module")
+def cameras(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, mg.GeneratedMedia]]:
+    root = tmp_path_factory.mktemp("cameras")
+    (root / "sources").mkdir()
+    media = {name: mg.make_camera(root / "sources" / name, spec)
+             for name, spec in CAMERAS.items()}
+    return root, media
+
+
+def test_the_generated_clocks_are_what_the_cases_need(
+    cameras: tuple[Path, dict[str, mg.GeneratedMedia]],
+) -> None:
+    _, media = cameras
+    assert media["plain.mp4"].frame_pts[0] == 0
+    assert media["late.mp4"].frame_pts[0] == Fraction(2, 30)
+    # The muxer stretched the first audio sample so that sound and picture keep their sync.
+    assert media["late.mp4"].click_times[1] == 1 + Fraction(2, 30)
+    assert media["gap.mp4"].frame_pts[0] == Fraction(1, 2)
+    assert media["gap.mp4"].click_times[:2] == (Fraction(0), Fraction(1))
+
+
+@pytest.mark.parametrize("accuracy", ["frame", "keyframe"])
+def test_cuts_are_timed_on_the_files_clock(
+    cameras: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path, accuracy: str,
+) -> None:
+    root, media = cameras
+    if accuracy == "frame":
+        segments = [("late.mp4", 1.0, 2.1), ("gap.mp4", 1.0, 2.2), ("gap_fifth.mp4", 2.2, 3.1),
+                    ("plain.mp4", 0.5, 1.5), ("gap.mp4", 3.1, 4.2)]
+    else:  # cuts on keyframes of each file's clock: whole GOPs, nothing re-encoded
+        segments = [("late.mp4", 1 + 2 / 30, 2 + 2 / 30), ("gap.mp4", 1.5, 3.5),
+                    ("gap_fifth.mp4", 1.2, 2.2)]
+    prep, out = export(root, segments, tmp_path, accuracy=accuracy) if accuracy == "keyframe" \
+        else export(root, segments, tmp_path)
+    check_export(out, expect(media, segments))
+    if accuracy == "keyframe":
+        assert prep.plan.encode_frames == 0
+
+
+def test_a_segment_from_zero_holds_the_first_frame_and_keeps_the_sound(
+    cameras: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path,
+) -> None:
+    root, media = cameras
+    segments = [("gap.mp4", 0.0, 1.6), ("late.mp4", 0.0, 1.3), ("plain.mp4", 0.0, 1.2)]
+    _, out = export(root, segments, tmp_path)
+    want = expect(media, segments)
+    # gap.mp4 shows its first frame for the half second before its picture starts.
+    assert want.times[1] == Fraction(1, 2) + Fraction(1, 30)
+    check_export(out, want)
+
+
+def test_re_encoded_outputs_follow_the_files_clock(
+    cameras: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path,
+) -> None:
+    root, media = cameras
+    segments = [("gap.mp4", 1.0, 2.0), ("late.mp4", 1.0, 2.0)]
+    _, out = export(root, segments, tmp_path, codec="h264")
+    video = mg.decode_video(out)
+    assert video.errors == 0
+    # Same rate in and out: each output frame is the source frame on screen at its time.
+    assert video.stamps == expect(media, segments).stamps
+
+
+def test_a_segment_wholly_before_the_picture_says_where_it_starts(
+    cameras: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path,
+) -> None:
+    root, _ = cameras
+    with pytest.raises(ConfigError, match=r"video starts at 0\.500s"):
+        export(root, [("gap.mp4", 0.0, 0.4)], tmp_path)
