@@ -115,10 +115,10 @@ class CutfarmCluster:
                                       allow_private=self.settings.webhook_allow_private)
             except ValueError as exc:
                 raise ConfigError(f"callbackUrl: {exc}", field="callbackUrl") from exc
-        if preflight:
-            await self.plan(cfg)
-        data = cfg.model_dump(mode="json", by_alias=True)
         warnings = unknown_field_warnings(cfg)
+        if preflight:
+            warnings += (await self.plan(cfg)).warnings
+        data = cfg.model_dump(mode="json", by_alias=True)
         return await self._call(lambda: self.coordinator.submit.remote(cfg.id, data,
                                                                         cfg.priority, warnings))
 

@@ -396,6 +396,9 @@ class Coordinator:
             return  # cancelled (or otherwise ended) while it waited in the queue
         config = await asyncio.to_thread(self.store.read_config, job_id)
         prep = await plan_job(config, s, job_id)
+        if prep.warnings and not set(prep.warnings) <= set(started.warnings):
+            await self.status.update.remote(job_id, {
+                "warnings": list(dict.fromkeys([*started.warnings, *prep.warnings]))})
         free = await asyncio.to_thread(self.store.free_bytes)
         self._admit(run, prep, free)
         work: str | None = None

@@ -43,30 +43,58 @@ BLOCK_SAMPLES = 48000
 RESYNC_MS = 10
 
 
+#: Channel layouts both AAC and Opus encode; anything else becomes stereo, with a warning.
+SURROUND_LAYOUTS = frozenset({"3.0", "quad", "5.0", "5.1", "5.0(side)", "5.1(side)", "7.1"})
+
+
 @dataclass(frozen=True)
 class AudioTarget:
     codec: str  # "aac" or "libopus"
     sample_rate: int
-    layout: str  # "mono" or "stereo"
+    layout: str  # FFmpeg layout name: "mono", "stereo", "5.1", ...
     bit_rate: int
 
     @property
     def channels(self) -> int:
-        return 1 if self.layout == "mono" else 2
+        return int(av.AudioLayout(self.layout).nb_channels)
 
 
 def choose_target(container_format: str, sources: Sequence[SourceInfo]) -> AudioTarget:
-    """AAC for MP4 at the first audio source's rate; Opus (48 kHz only) for WebM."""
+    """AAC for MP4 at the first audio source's rate; Opus (48 kHz only) for WebM.
+
+    ``sources`` in the order the export plays them. The layout is the first audio
+    source's: a 5.1 recording stays 5.1 (later stereo sources are spread onto its front
+    channels), mono stays mono.
+    """
     first = next((s.audio for s in sources if s.audio is not None), None)
-    layout = "mono" if first is not None and first.channels == 1 else "stereo"
+    layout = "stereo"
+    if first is not None and first.channels == 1:
+        layout = "mono"
+    elif first is not None and first.layout in SURROUND_LAYOUTS:
+        layout = first.layout
+    channels = int(av.AudioLayout(layout).nb_channels)
     if container_format == "webm":
-        return AudioTarget("libopus", 48000, layout, 128_000 if layout == "stereo" else 64_000)
+        return AudioTarget("libopus", 48000, layout, 64_000 * channels)
     rate = first.sample_rate if first is not None else 48000
     if rate not in (44100, 48000, 32000, 96000, 88200, 24000, 22050, 16000):
         rate = 48000
-    floor = 192_000 if layout == "stereo" else 128_000
+    floor = 128_000 if channels == 1 else 96_000 * channels
     src_rate = first.bit_rate if first is not None else 0
-    return AudioTarget("aac", rate, layout, min(320_000, max(floor, src_rate)))
+    return AudioTarget("aac", rate, layout, min(160_000 * max(channels, 2), max(floor, src_rate)))
+
+
+def layout_warnings(target: AudioTarget, sources: Mapping[int, SourceInfo],
+                    used: Sequence[int]) -> list[str]:
+    """One sentence per used source whose channels do not all survive into the output."""
+    out: list[str] = []
+    for i in used:
+        audio = sources[i].audio
+        if audio is None or audio.channels <= target.channels:
+            continue
+        out.append(f"sources[{i}] ({sources[i].path.name}) has {audio.channels}-channel audio "
+                   f"({audio.layout}); the export's audio is {target.layout}, so it is "
+                   "downmixed")
+    return out
 
 
 def span_samples(span: AudioSpan, rate: int) -> tuple[int, int]:

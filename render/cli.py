@@ -82,6 +82,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     t0 = time.monotonic()
     prep = prepare(config, roots, preset=args.preset)
+    print_warnings(prep.warnings)
     bar = _Bar()
     execute(prep, out, on_progress=bar, cancel=cancel, workers=args.workers)
     plan = prep.plan
@@ -95,6 +96,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     config = _config(args.config)
     prep = prepare(config, [Path(r) for r in args.media_root])
+    print_warnings(prep.warnings)
     print("\n".join(describe_plan(prep)))
     return 0
 

@@ -12,13 +12,13 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from .audio import AudioTarget, choose_target, render_audio
+from .audio import AudioTarget, choose_target, layout_warnings, render_audio
 from .config import ExportConfig
 from .encode import (
     EncoderSettings,
@@ -58,6 +58,9 @@ class Prepared:
     settings: dict[int, EncoderSettings]  # per piece index (encode pieces only)
     audio: AudioTarget | None
     container_format: str
+    #: What the export changes that the user did not ask for (downmixed audio, turned
+    #: pictures), one sentence each; shown with the job, never silently applied.
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -199,8 +202,25 @@ def prepare_with(config: ExportConfig, sources: dict[int, SourceInfo], *,
                 src = sources[p.runs[0].source]
                 settings[i] = (matched_settings(src, preset=preset)
                                if src.video.format == plan.out_format else matched)
-    audio = choose_target(container_format, list(sources.values())) if plan.audio else None
-    return Prepared(config, sources, plan, settings, audio, container_format)
+    # In the order the export plays them: the first one heard sets the audio format.
+    used = list(dict.fromkeys(a.source for a in plan.audio if a.source is not None))
+    audio = (choose_target(container_format, [sources[i] for i in used] or
+                           list(sources.values())) if plan.audio else None)
+    warnings = _turn_warnings(plan, sources)
+    if audio is not None:
+        warnings += layout_warnings(audio, sources, used)
+    return Prepared(config, sources, plan, settings, audio, container_format, tuple(warnings))
+
+
+def _turn_warnings(plan: Plan, sources: Mapping[int, SourceInfo]) -> list[str]:
+    if plan.transcode:  # every frame is re-encoded upright anyway
+        return []
+    out_rotation = plan.out_format.rotation
+    turned = sorted({c.source for c in plan.cuts
+                     if sources[c.source].video.format.rotation != out_rotation})
+    return [f"sources[{i}] ({sources[i].path.name}) is shown rotated "
+            f"{sources[i].video.format.rotation}° and the export {out_rotation}°: its frames "
+            "are re-encoded upright" for i in turned]
 
 
 def _out_pix_fmt(codec: str, first: SourceInfo) -> str:

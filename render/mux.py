@@ -390,11 +390,15 @@ def _rate(plan: Plan) -> Fraction:
     return 1 / (plan.frame_duration(0) * plan.out_time_base)
 
 
+_QUIET = {"hevc": {"x265-params": "log-level=none"}}
+
+
 def _template_file(codec: str, record: bytes, width: int, height: int) -> io.BytesIO:
     """A one-sample in-memory MP4 whose stream carries ``record``: a template to copy from."""
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as tmp:
-        st = tmp.add_stream(codec)
+        # The stream's encoder is opened but never fed; x265 would still print its banner.
+        st = tmp.add_stream(codec, options=_QUIET.get(codec, {}))
         assert isinstance(st, av.VideoStream)
         st.codec_context.extradata = record
         st.width, st.height = width, height

@@ -312,10 +312,10 @@ def plan_view(prep: Any) -> dict[str, Any]:
         "duration": float(plan.duration),
         "transcode": plan.transcode,
         "video": {"codec": fmt.codec, "width": fmt.width, "height": fmt.height,
-                  "pixFmt": fmt.pix_fmt},
+                  "pixFmt": fmt.pix_fmt, "rotation": fmt.rotation},
         "copiedBytes": plan.copy_bytes,
         "reencodedFrames": plan.encode_frames,
         "estimatedBytes": estimate_output_bytes(prep),
         "estimatedSeconds": round(est_seconds, 1),
-        "warnings": unknown_field_warnings(prep.config),
+        "warnings": [*unknown_field_warnings(prep.config), *prep.warnings],
     }

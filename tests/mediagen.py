@@ -152,6 +152,7 @@ _VIDEO_ENCODERS = {"h264": "libx264", "hevc": "libx265"}
 _AUDIO_ENCODERS = {"aac": "aac", "opus": "libopus"}
 _PIX_FMTS = ("yuv420p", "yuv420p10le")
 _FRAG_MOVFLAGS = "frag_keyframe+delay_moov+default_base_moof"
+_LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
 
 
 # --------------------------------------------------------------------------
@@ -216,8 +217,8 @@ class CameraSpec:
             raise ValueError(f"audio_codec must be one of {sorted(_AUDIO_ENCODERS)}")
         if self.audio_codec == "opus" and self.sample_rate != 48000:
             raise ValueError("opus needs sample_rate 48000")
-        if self.audio_channels not in (1, 2):
-            raise ValueError("audio_channels must be 1 or 2")
+        if self.audio_channels not in _LAYOUTS:
+            raise ValueError(f"audio_channels must be one of {sorted(_LAYOUTS)}")
         self._check_layout()
 
     def _check_layout(self) -> None:
@@ -554,7 +555,7 @@ class _AudioFeeder:
         self.spec = spec
         self.total = total
         self.pos = 0
-        self.layout = "stereo" if spec.audio_channels == 2 else "mono"
+        self.layout = _LAYOUTS[spec.audio_channels]
         st = out.add_stream(_AUDIO_ENCODERS[spec.audio_codec], rate=spec.sample_rate)
         if not isinstance(st, AudioStream):
             raise TypeError(f"expected an audio stream, got {type(st).__name__}")

@@ -8,6 +8,9 @@ report them, the clock ffprobe prints and the editor's playhead follows).
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -176,3 +179,61 @@ def test_a_segment_wholly_before_the_picture_says_where_it_starts(
     root, _ = cameras
     with pytest.raises(ConfigError, match=r"video starts at 0\.500s"):
         export(root, [("gap.mp4", 0.0, 0.4)], tmp_path)
+
+
+# --------------------------------------------------------------------------- small things
+
+
+@pytest.fixture(scope="module")
+def surround(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, mg.GeneratedMedia]]:
+    root = tmp_path_factory.mktemp("surround")
+    (root / "sources").mkdir()
+    specs = {"room51.mp4": mg.CameraSpec(camera=5, seconds=3, audio_channels=6),
+             "desk.mp4": mg.CameraSpec(camera=6, seconds=3)}
+    return root, {n: mg.make_camera(root / "sources" / n, s) for n, s in specs.items()}
+
+
+def test_a_surround_first_source_keeps_its_layout(
+    surround: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path,
+) -> None:
+    root, media = surround
+    segments = [("room51.mp4", 0.5, 1.6), ("desk.mp4", 1.0, 2.5)]
+    prep, out = export(root, segments, tmp_path)
+    assert prep.warnings == ()
+    assert mg.stream_info(out).audio_channels == 6
+    check_export(out, expect(media, segments))
+
+
+def test_a_downmixed_source_is_reported(
+    surround: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path,
+) -> None:
+    root, media = surround
+    segments = [("desk.mp4", 0.5, 1.6), ("room51.mp4", 1.0, 2.5)]
+    prep, out = export(root, segments, tmp_path)
+    assert mg.stream_info(out).audio_channels == 2
+    assert len(prep.warnings) == 1
+    assert "room51.mp4" in prep.warnings[0] and "6-channel" in prep.warnings[0]
+    assert "downmixed" in prep.warnings[0]
+    check_export(out, expect(media, segments))
+
+
+def test_x265_says_nothing_on_stderr(
+    surround: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path,
+) -> None:
+    """An all re-encoded HEVC export used to end with x265's banner and 'encoded 0 frames'."""
+    root, _ = surround
+    config = tmp_path / "export.json"
+    config.write_text(json.dumps({
+        "version": 1, "id": "quiet",
+        "sources": [{"id": "a", "filePath": "desk.mp4"}],
+        "segments": [{"sourceIndex": 0, "startTime": 0.5, "endTime": 0.7}],
+        "output": {"format": "mp4", "codec": "h265"}}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", "render", str(config), "--media-root",
+         str(root), "-o", str(tmp_path / "out.mp4")],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out.mp4").stat().st_size > 0
+    noise = [line for line in proc.stderr.splitlines()
+             if "x265" in line or "encoded" in line]
+    assert noise == []
