@@ -102,7 +102,7 @@ class ConcatActor:
                 result.data.tofile(apath)
                 audio = (apath, prep.audio)
             assemble(prep.plan, prep.sources, _RefPieces(list(refs), work), audio, out,
-                     container_format=prep.container_format,
+                     container_format=prep.container_format, timecode=prep.timecode,
                      on_bytes=lambda n: report.add(bytes_=n))
         report.flush()
         return out.stat().st_size

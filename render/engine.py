@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+from . import timecode
 from .audio import AudioTarget, choose_target, layout_warnings, render_audio
 from .config import ExportConfig
 from .encode import (
@@ -61,6 +62,8 @@ class Prepared:
     #: What the export changes that the user did not ask for (downmixed audio, turned
     #: pictures), one sentence each; shown with the job, never silently applied.
     warnings: tuple[str, ...] = ()
+    #: SMPTE timecode of the export's first frame, when its source has one.
+    timecode: str | None = None
 
 
 @dataclass
@@ -209,7 +212,19 @@ def prepare_with(config: ExportConfig, sources: dict[int, SourceInfo], *,
     warnings = _turn_warnings(plan, sources)
     if audio is not None:
         warnings += layout_warnings(audio, sources, used)
-    return Prepared(config, sources, plan, settings, audio, container_format, tuple(warnings))
+    return Prepared(config, sources, plan, settings, audio, container_format, tuple(warnings),
+                    _start_timecode(plan, sources))
+
+
+def _start_timecode(plan: Plan, sources: Mapping[int, SourceInfo]) -> str | None:
+    """The first source's start timecode, advanced to the export's first frame."""
+    cut = plan.cuts[0]
+    src = sources[cut.source]
+    if src.timecode is None:
+        return None
+    index = src.video.index
+    since = index.seconds(int(index.disp_pts[cut.first] - index.disp_pts[index.first_shown]))
+    return timecode.advance(src.timecode, since, index.frame_rate)
 
 
 def _turn_warnings(plan: Plan, sources: Mapping[int, SourceInfo]) -> list[str]:
@@ -295,7 +310,7 @@ def execute(
         check_cancel()
         tracker.stage("assembling", "Writing the output file")
         assemble(plan, prep.sources, LocalPieces(encoded), audio, out_path,
-                 container_format=prep.container_format,
+                 container_format=prep.container_format, timecode=prep.timecode,
                  on_bytes=lambda n: tracker.add(bytes_=n), check_cancel=check_cancel)
         tracker.stage("done", "Export complete")
     finally:

@@ -57,6 +57,9 @@ class FrameIndex:
     duration: IntArray
     rap: BoolArray
     size: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: Display range [lo, hi) of the frames the file presents. An edit list can hide
+    #: frames before and after it; they stay in the index only as decode references.
+    shown: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.pts)
@@ -64,6 +67,19 @@ class FrameIndex:
             raise ValueError("FrameIndex arrays differ in length")
         if self.size.size == 0:
             object.__setattr__(self, "size", np.zeros(n, dtype=np.int64))
+        if self.shown is None:
+            object.__setattr__(self, "shown", (0, n))
+
+    @property
+    def first_shown(self) -> int:
+        assert self.shown is not None
+        return self.shown[0]
+
+    @property
+    def last_shown(self) -> int:
+        """Display index one past the last presented frame."""
+        assert self.shown is not None
+        return self.shown[1]
 
     @property
     def count(self) -> int:
@@ -189,6 +205,8 @@ class SourceInfo:
     container: str
     video: VideoTrackInfo
     audio: AudioTrackInfo | None
+    #: SMPTE start timecode of the first shown frame (a tmcd track), e.g. "01:00:00:00".
+    timecode: str | None = None
 
     @property
     def duration(self) -> Fraction:

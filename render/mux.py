@@ -176,18 +176,24 @@ def assemble(
     out_path: Path,
     *,
     container_format: str = "mp4",
+    timecode: str | None = None,
     on_bytes: Callable[[int], None] | None = None,
     check_cancel: Callable[[], None] | None = None,
 ) -> None:
-    """Write the output at ``out_path`` atomically (``.partial`` then rename)."""
+    """Write the output at ``out_path`` atomically (``.partial`` then rename).
+
+    ``timecode``: the first frame's SMPTE label, written as a ``tmcd`` track (MP4 only).
+    """
     tmp = out_path.with_name(f".{out_path.name}.partial")
+    if container_format != "mp4":
+        timecode = None
     try:
         try:
             _write(plan, sources, pieces, audio, tmp, container_format, on_bytes, check_cancel,
-                   reserve=True)
+                   reserve=True, timecode=timecode)
         except _ReservationTooSmall:
             _write(plan, sources, pieces, audio, tmp, container_format, None, check_cancel,
-                   reserve=False)
+                   reserve=False, timecode=timecode)
         tmp.replace(out_path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -209,6 +215,7 @@ def _write(
     check_cancel: Callable[[], None] | None,
     *,
     reserve: bool,
+    timecode: str | None = None,
 ) -> None:
     options = _options(plan, sources, audio, container_format, reserve)
     try:
@@ -218,6 +225,8 @@ def _write(
     templates: list[av.container.InputContainer] = []
     try:
         vstream, track = _video_stream(out, plan, sources, pieces, templates, container_format)
+        if timecode:
+            vstream.metadata["timecode"] = timecode  # the mov muxer adds a tmcd track for it
         audio_out = _AudioOut(out, audio) if audio else None
         tb = plan.out_time_base
         packets = video_packets(plan, sources, pieces, on_bytes=on_bytes,

@@ -190,13 +190,15 @@ def select_frames(index: FrameIndex, start: Fraction, end: Fraction) -> tuple[in
     hi = _ceil_ticks(end - TIME_EPSILON, index.time_base)
     first = int(np.searchsorted(pts, lo, side="left"))
     stop = int(np.searchsorted(pts, hi, side="left"))
-    return first, stop
+    shown_lo, shown_hi = index.first_shown, index.last_shown
+    return min(max(first, shown_lo), shown_hi), max(min(stop, shown_hi), shown_lo)
 
 
 def snap_to_keyframes(index: FrameIndex, first: int, stop: int) -> tuple[int, int]:
     """Move both cuts to the nearest copy-start keyframe (the file's end counts as one)."""
-    raps = index.disp_of_dec[index.rap_dec]
-    bounds = np.append(np.sort(raps), index.count)
+    raps = np.sort(index.disp_of_dec[index.rap_dec])
+    raps = raps[(raps >= index.first_shown) & (raps < index.last_shown)]
+    bounds = np.append(raps, index.last_shown)
     return _nearest(bounds, first, index), _nearest(bounds, stop, index)
 
 
@@ -389,7 +391,8 @@ def resolve_cuts(
         src = sources[seg.source_index]
         index = src.index
         start, end = seg.start, seg.end
-        src_end = index.seconds(int(index.disp_end[-1])) if index.count else Fraction(0)
+        src_end = (index.seconds(int(index.disp_end[index.last_shown - 1]))
+                   if index.last_shown > index.first_shown else Fraction(0))
         if start >= src_end:
             raise SegmentRangeError(
                 f"segments[{i}].startTime ({seg.start_time}s) is beyond the end of source "
@@ -433,16 +436,17 @@ def _hold_ticks(index: FrameIndex, first: int, start: Fraction) -> int:
     next frame, as it always has. The gap is whole ticks from the cut time (rounded like
     ``select_frames``), never earlier than the file's time 0.
     """
-    if first != 0 or index.count == 0:
+    if first != index.first_shown or index.count == 0:
         return 0
     start_ticks = max(_ceil_ticks(start - TIME_EPSILON, index.time_base), 0)
-    return max(int(index.disp_pts[0]) - start_ticks, 0)
+    return max(int(index.disp_pts[first]) - start_ticks, 0)
 
 
 def _no_frame_message(i: int, seg: Segment, index: FrameIndex) -> str:
     text = (f"segments[{i}] ({seg.start_time}s to {seg.end_time}s) contains no frame of "
             f"source {seg.source_index}")
-    first_shown = index.seconds(int(index.disp_pts[0])) if index.count else None
+    first_shown = (index.seconds(int(index.disp_pts[index.first_shown]))
+                   if index.last_shown > index.first_shown else None)
     if first_shown is not None and first_shown >= seg.end:
         text += f": its video starts at {float(first_shown):.3f}s on the file's clock"
     return text

@@ -108,6 +108,7 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
         duration=track.duration.astype(np.int64),
         rap=rap,
         size=track.size.astype(np.int64),
+        shown=_shown_range(track),
     )
     pix_fmt = cc.format.name if cc.format is not None else "unknown"
     vformat = VideoFormat(codec, cc.width, cc.height, pix_fmt)
@@ -130,7 +131,18 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
         stsd=np.asarray(track.stsd_index, dtype=np.int64),
     )
     audio = _probe_audio(container)
-    return SourceInfo(path=path, size=size, container=fmt_name, video=video, audio=audio)
+    timecode = vs.metadata.get("timecode") or container.metadata.get("timecode")
+    return SourceInfo(path=path, size=size, container=fmt_name, video=video, audio=audio,
+                      timecode=timecode or None)
+
+
+def _shown_range(track: mp4index.TrackTable) -> tuple[int, int]:
+    """Display range of the frames the edit list presents (all frames without one)."""
+    order = np.argsort(np.asarray(track.pts), kind="stable")
+    shown = np.flatnonzero(~np.asarray(track.discard, dtype=bool)[order])
+    if shown.size == 0:
+        return 0, 0
+    return int(shown[0]), int(shown[-1]) + 1
 
 
 def _read_tables(path: Path) -> list[mp4index.TrackTable]:

@@ -195,6 +195,8 @@ class CameraSpec:
     audio_first: bool = False
     #: Display-matrix rotation, counter-clockwise degrees as ``VideoFrame.rotation`` reads it.
     rotation: int = 0
+    #: SMPTE start timecode ("01:00:00:00"; ";" for drop frame), written as a tmcd track.
+    timecode: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.camera < (1 << CAMERA_BITS):
@@ -544,6 +546,8 @@ def _add_video_stream(out: OutputContainer, spec: CameraSpec, time_base: Fractio
         vs.codec_tag = "hvc1"  # Apple-style tag instead of FFmpeg's default hev1
     if spec.rotation:
         vs.set_display_rotation(spec.rotation)
+    if spec.timecode:
+        vs.metadata["timecode"] = spec.timecode
     return vs
 
 

@@ -17,8 +17,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 
+from render import timecode
 from render.config import parse_config
 from render.engine import Prepared, execute, prepare
 from render.errors import ConfigError
@@ -237,3 +239,42 @@ def test_x265_says_nothing_on_stderr(
     noise = [line for line in proc.stderr.splitlines()
              if "x265" in line or "encoded" in line]
     assert noise == []
+
+
+@pytest.mark.parametrize(("start", "frames", "rate", "label"), [
+    ("01:00:00:00", 61, Fraction(30), "01:00:02:01"),
+    ("23:59:59:29", 1, Fraction(30), "00:00:00:00"),
+    # Drop frame: labels 00 and 01 of every minute but each tenth are skipped.
+    ("00:00:59;29", 1, Fraction(30000, 1001), "00:01:00;02"),
+    ("00:09:59;29", 1, Fraction(30000, 1001), "00:10:00;00"),
+    ("00:00:00;00", 17982, Fraction(30000, 1001), "00:10:00;00"),
+    ("00:00:00;00", 107892, Fraction(30000, 1001), "01:00:00;00"),
+    ("00:00:59;59", 1, Fraction(60000, 1001), "00:01:00;04"),
+    ("10:00:00:00", 48, Fraction(24000, 1001), "10:00:02:00"),
+])
+def test_timecode_arithmetic(start: str, frames: int, rate: Fraction, label: str) -> None:
+    assert timecode.advance(start, frames / rate, rate) == label
+
+
+def test_timecode_labels_round_trip_in_drop_frame() -> None:
+    for n in range(0, 40000, 7):
+        tc = timecode.from_frames(n, 30, True)
+        assert tc.frames >= 2 or tc.seconds or tc.minutes % 10 == 0
+        assert timecode.to_frames(tc, 30) == n
+
+
+def test_the_first_segments_timecode_is_carried(tmp_path: Path) -> None:
+    (tmp_path / "sources").mkdir()
+    specs = {"a.mp4": mg.CameraSpec(camera=1, seconds=3, timecode="01:00:00:00"),
+             "b.mp4": mg.CameraSpec(camera=2, seconds=3, timecode="02:00:00:00"),
+             "c.mp4": mg.CameraSpec(camera=3, seconds=3)}
+    for name, spec in specs.items():
+        mg.make_camera(tmp_path / "sources" / name, spec)
+    for segments, want in (([("a.mp4", 1.5, 2.0), ("b.mp4", 0.0, 1.0)], "01:00:01:15"),
+                           ([("b.mp4", 2.0, 2.5), ("a.mp4", 0.0, 1.0)], "02:00:02:00"),
+                           ([("c.mp4", 1.0, 1.5), ("a.mp4", 0.0, 1.0)], None)):
+        prep, out = export(tmp_path, segments, tmp_path)
+        with av.open(str(out)) as c:
+            assert c.streams.video[0].metadata.get("timecode") == want
+            assert len(c.streams.data) == (1 if want else 0)  # the tmcd track
+        assert mg.decode_video(out).errors == 0
