@@ -273,7 +273,7 @@ def test_the_first_segments_timecode_is_carried(tmp_path: Path) -> None:
     for segments, want in (([("a.mp4", 1.5, 2.0), ("b.mp4", 0.0, 1.0)], "01:00:01:15"),
                            ([("b.mp4", 2.0, 2.5), ("a.mp4", 0.0, 1.0)], "02:00:02:00"),
                            ([("c.mp4", 1.0, 1.5), ("a.mp4", 0.0, 1.0)], None)):
-        prep, out = export(tmp_path, segments, tmp_path)
+        _, out = export(tmp_path, segments, tmp_path)
         with av.open(str(out)) as c:
             assert c.streams.video[0].metadata.get("timecode") == want
             assert len(c.streams.data) == (1 if want else 0)  # the tmcd track
