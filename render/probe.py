@@ -8,6 +8,7 @@ sync flag also marks H.264 non-IDR I-frames and HEVC CRAs, which need special ha
 
 from __future__ import annotations
 
+import math
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import BinaryIO
 import av
 import numpy as np
 
-from . import mp4index, nal
+from . import mkvindex, mp4index, nal
 from .errors import (
     CorruptMediaError,
     NotAVideoError,
@@ -80,17 +81,16 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
         raise NotAVideoError(f"source file {name!r} has no video stream")
     vs = vstreams[0]
     fmt_name = container.format.name
-    if not any(f in fmt_name.split(",") for f in _MP4_FORMATS):
+    formats = fmt_name.split(",")
+    matroska = "matroska" in formats or "webm" in formats
+    if not matroska and not any(f in formats for f in _MP4_FORMATS):
         raise UnsupportedMediaError(
-            f"source file {name!r} is a {fmt_name} file; only MP4 and MOV sources are "
-            "supported (remux it to MP4 without re-encoding first)"
+            f"source file {name!r} is a {fmt_name} file; MP4, MOV, MKV and WebM sources "
+            "are supported (remux it to MP4 without re-encoding first)"
         )
     cc = vs.codec_context
     codec = cc.name
-    tables = _read_tables(path)
-    track = next((t for t in tables if t.track_id == vs.id and t.handler == "vide"), None)
-    if track is None:
-        track = next((t for t in tables if t.handler == "vide"), None)
+    track = _mkv_video_table(path, vs) if matroska else _mp4_video_table(path, vs)
     if track is None or track.sample_count == 0:
         raise CorruptMediaError(f"source file {name!r} has a video track with no frames")
     _check_extent(path, size, track)
@@ -111,7 +111,8 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
         shown=_shown_range(track),
     )
     pix_fmt = cc.format.name if cc.format is not None else "unknown"
-    vformat = VideoFormat(codec, cc.width, cc.height, pix_fmt)
+    vformat = VideoFormat(codec, cc.width, cc.height, pix_fmt,
+                          _rotation(track.display_matrix, name))
     sar = cc.sample_aspect_ratio
     video = VideoTrackInfo(
         index=index,
@@ -136,6 +137,26 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
                       timecode=timecode or None)
 
 
+def _rotation(matrix: tuple[int, ...] | None, name: str) -> int:
+    """Counter-clockwise quarter turns of a display matrix, as FFmpeg reads it.
+
+    av_display_rotation_get(): the angle of the matrix's first column, negated. Mirroring
+    and scaling are ignored, as players that honour only rotation do.
+    """
+    if matrix is None:
+        return 0
+    a, b, c, d = (v / 65536 for v in (matrix[0], matrix[1], matrix[3], matrix[4]))
+    if math.hypot(a, c) == 0 or math.hypot(b, d) == 0:
+        return 0
+    angle = -math.degrees(math.atan2(b / math.hypot(b, d), a / math.hypot(a, c)))
+    turns = round(angle / 90)
+    if abs(angle - 90 * turns) > 1:
+        raise UnsupportedMediaError(
+            f"source file {name!r} is displayed rotated by {angle:.1f}°; only quarter turns "
+            "are supported")
+    return (90 * turns) % 360
+
+
 def _shown_range(track: mp4index.TrackTable) -> tuple[int, int]:
     """Display range of the frames the edit list presents (all frames without one)."""
     order = np.argsort(np.asarray(track.pts), kind="stable")
@@ -145,21 +166,41 @@ def _shown_range(track: mp4index.TrackTable) -> tuple[int, int]:
     return int(shown[0]), int(shown[-1]) + 1
 
 
-def _read_tables(path: Path) -> list[mp4index.TrackTable]:
+def _mp4_video_table(path: Path, vs: av.VideoStream) -> mp4index.TrackTable | None:
+    """The index of the stream's own track; no other track is read, so none can fail it."""
     try:
-        return mp4index.read_sample_tables(path)
+        try:
+            return mp4index.read_video_table(path, vs.id)
+        except mp4index.Mp4IndexError as first_error:
+            try:  # stream ids are track ids in FFmpeg's mov demuxer; just in case not
+                return mp4index.read_video_table(path)
+            except mp4index.Mp4IndexError:
+                raise first_error from None
     except mp4index.Mp4IndexError as exc:
         text = str(exc)
-        if "fragmented" in text:
-            raise UnsupportedMediaError(
-                f"source file {path.name!r} is a fragmented MP4, which is not supported yet; "
-                "remux it to a regular MP4 first"
-            ) from exc
         if "edit" in text:
             raise UnsupportedMediaError(
                 f"source file {path.name!r} uses an edit list the engine does not support: {text}"
             ) from exc
         raise CorruptMediaError(f"source file {path.name!r} is damaged: {text}") from exc
+
+
+def _mkv_video_table(path: Path, vs: av.VideoStream) -> mp4index.TrackTable | None:
+    """Matroska (OBS's default): the n-th video track in TrackEntry order is FFmpeg's."""
+    nth = list(vs.container.streams.video).index(vs)
+    seen: list[int] = []
+
+    def wanted(_number: int, handler: str) -> bool:
+        if handler != "vide":
+            return False
+        seen.append(0)
+        return len(seen) == nth + 1
+
+    try:
+        tables = mkvindex.read_mkv_tables(path, select=wanted)
+    except mkvindex.MkvIndexError as exc:
+        raise CorruptMediaError(f"source file {path.name!r} cannot be indexed: {exc}") from exc
+    return tables[0] if tables else None
 
 
 def _check_extent(path: Path, size: int, track: mp4index.TrackTable) -> None:

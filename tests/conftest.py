@@ -5,6 +5,7 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import pytest
 
 from tests import mediagen as mg
@@ -54,6 +55,18 @@ class MediaRoot:
         return self.media[name].spec.camera
 
 
+def _remux(src: Path, dst: Path, fmt: str) -> None:
+    """The same camera in a container the engine does not index (MPEG-TS)."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format=fmt) as out:
+        vin = inp.streams.video[0]
+        vout = out.add_stream_from_template(vin)
+        for packet in inp.demux(vin):
+            if packet.dts is None:
+                continue
+            packet.stream = vout
+            out.mux(packet)
+
+
 @pytest.fixture(scope="session")
 def media_root(tmp_path_factory: pytest.TempPathFactory) -> MediaRoot:
     root = tmp_path_factory.mktemp("media")
@@ -63,6 +76,7 @@ def media_root(tmp_path_factory: pytest.TempPathFactory) -> MediaRoot:
     mg.truncate_copy(src / "h264_a.mp4", src / "truncated.mp4", 0.6)
     mg.make_not_a_video(src / "notes.mp4", kind="text")
     mg.make_not_a_video(src / "voice.wav", kind="wav")
+    _remux(src / "h264_a.mp4", src / "camera.ts", "mpegts")
     (root / "secret.mp4").write_bytes((src / "h264_a.mp4").read_bytes())
     (src / "escape.mp4").symlink_to(root / "secret.mp4")
     return MediaRoot(root, media)

@@ -38,6 +38,14 @@ CAMERAS: dict[str, mg.CameraSpec] = {
     # The picture starts after the sound: an empty edit.
     "gap.mp4": mg.CameraSpec(camera=13, seconds=4, video_start=Fraction(1, 2)),
     "gap_fifth.mp4": mg.CameraSpec(camera=14, seconds=4, video_start=Fraction(1, 5)),
+    # OBS's default containers: Matroska, and fragmented MP4, from the same encoder settings.
+    "obs.mkv": mg.CameraSpec(camera=9, seconds=4, container="mkv"),
+    "obs_opus.mkv": mg.CameraSpec(camera=10, seconds=4, container="mkv", audio_codec="opus",
+                                  codec="hevc"),
+    "obs_frag.mp4": mg.CameraSpec(camera=11, seconds=4, fragmented=True),
+    # A phone held upright: landscape pixels and a display matrix (iPhones write -90).
+    "phone.mp4": mg.CameraSpec(camera=2, seconds=4, rotation=270),
+    "phone_flipped.mp4": mg.CameraSpec(camera=3, seconds=4, rotation=90),
 }
 
 
@@ -71,7 +79,10 @@ def expect(media: Mapping[str, mg.GeneratedMedia],
         for n in kept:
             stamps.append((gen.spec.camera, n))
             times.append(out + (gen.frame_pts[n] - shown_from if n != kept[0] else 0))
-        shown_to = gen.frame_pts[kept[-1]] + 1 / Fraction(gen.spec.fps)
+        # A frame shows until the next one (Matroska's are on a millisecond grid).
+        nxt = kept[-1] + 1
+        shown_to = (gen.frame_pts[nxt] if nxt < gen.frame_count
+                    else gen.frame_pts[kept[-1]] + 1 / Fraction(gen.spec.fps))
         clicks.extend(out + c - shown_from for c in gen.click_times
                       if shown_from + MARGIN <= c <= shown_to - MARGIN)
         out += shown_to - shown_from
@@ -172,6 +183,69 @@ def test_re_encoded_outputs_follow_the_files_clock(
     video = mg.decode_video(out)
     assert video.errors == 0
     # Same rate in and out: each output frame is the source frame on screen at its time.
+    assert video.stamps == expect(media, segments).stamps
+
+
+@pytest.mark.parametrize("name", ["obs.mkv", "obs_opus.mkv", "obs_frag.mp4"])
+def test_obs_recordings_are_cut_frame_exactly(
+    cameras: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path, name: str,
+) -> None:
+    root, media = cameras
+    segments = [(name, 0.4, 1.7), ("plain.mp4", 1.7, 2.3), (name, 2.3, 3.9)]
+    prep, out = export(root, segments, tmp_path)
+    check_export(out, expect(media, segments))
+    if media[name].spec.codec == "h264":  # same format as plain.mp4: whole GOPs are copied
+        assert prep.plan.copy_bytes > 0
+
+
+def _rotation(path: Path) -> int:
+    with av.open(str(path)) as c:
+        frame = next(c.decode(video=0))
+        return int(frame.rotation) % 360
+
+
+@pytest.mark.parametrize(("order", "out_rotation"), [
+    (["plain.mp4", "phone.mp4", "plain.mp4"], 0),
+    (["phone.mp4", "plain.mp4", "phone_flipped.mp4"], 270),
+    (["phone_flipped.mp4", "phone.mp4"], 90),
+])
+def test_rotated_sources_mixed_with_others_play_upright(
+    cameras: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path,
+    order: list[str], out_rotation: int,
+) -> None:
+    """The stamp reader turns frames by the output's display matrix, as players do: a
+    frame encoded the wrong way round is unreadable."""
+    root, media = cameras
+    times = [(0.5, 1.5), (1.5, 2.2), (2.2, 3.1)]
+    segments = [(name, a, b) for name, (a, b) in zip(order, times, strict=False)]
+    prep, out = export(root, segments, tmp_path)
+    assert _rotation(out) == out_rotation
+    check_export(out, expect(media, segments))
+    turned = {n for n in order if media[n].spec.rotation % 360 != out_rotation}
+    assert len(prep.warnings) == len(turned)
+    assert all("re-encoded upright" in w for w in prep.warnings)
+
+
+def test_a_rotated_source_alone_is_copied_with_its_rotation(
+    cameras: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path,
+) -> None:
+    root, media = cameras
+    segments = [("phone.mp4", 0.5, 2.5), ("phone.mp4", 3.0, 3.8)]
+    prep, out = export(root, segments, tmp_path)
+    assert _rotation(out) == 270 and prep.warnings == ()
+    assert prep.plan.copy_bytes > 0
+    check_export(out, expect(media, segments))
+
+
+def test_a_re_encoded_output_is_upright_at_the_shown_size(
+    cameras: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path,
+) -> None:
+    root, media = cameras
+    segments = [("phone.mp4", 0.5, 1.5), ("plain.mp4", 1.5, 2.0)]
+    _, out = export(root, segments, tmp_path, codec="h264")
+    assert _rotation(out) == 0
+    video = mg.decode_video(out)
+    assert (video.width, video.height) == (180, 320)
     assert video.stamps == expect(media, segments).stamps
 
 

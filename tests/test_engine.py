@@ -308,7 +308,7 @@ def test_index_is_written_at_the_front(media_root: MediaRoot, tmp_path: Path) ->
         ("notes.mp4", NotAVideoError, "not a video"),
         ("voice.wav", NotAVideoError, "no video"),
         ("truncated.mp4", CorruptMediaError, "truncated"),
-        ("obs.mkv", UnsupportedMediaError, "MP4"),
+        ("camera.ts", UnsupportedMediaError, "MP4, MOV, MKV and WebM"),
         ("escape.mp4", ConfigError, "outside the media folder"),
         ("../secret.mp4", ConfigError, ".."),
         ("/etc/passwd", ConfigError, "outside the media folder"),

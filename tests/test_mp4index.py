@@ -9,7 +9,10 @@ MP4 writer, so FFmpeg is always the judge.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import io
+import itertools
 import os
 import struct
 import time
@@ -25,7 +28,7 @@ import pytest
 from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
 
-from render.mp4index import Mp4IndexError, TrackTable, read_sample_tables
+from render.mp4index import Mp4IndexError, TrackTable, read_sample_tables, read_video_table
 
 FPS = Fraction(30000, 1001)
 W, H = 160, 90
@@ -111,12 +114,6 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             X264,
             container_options={"movflags": "negative_cts_offsets"},
         ),
-        "fragmented": encode(
-            d / "frag.mp4",
-            "libx264",
-            {"bf": "2", "g": "30"},
-            container_options={"movflags": "frag_keyframe+empty_moov"},
-        ),
     }
 
 
@@ -124,8 +121,22 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # the reference: PyAV
 
 
+def _entries(stream: Any) -> np.ndarray:
+    rows = [(e.timestamp, e.pos, e.size, e.is_keyframe, e.is_discard) for e in stream.index_entries]
+    return np.array(rows, dtype=np.int64).reshape(-1, 5)
+
+
 def pyav_packets(path: Path) -> dict[int, np.ndarray]:
     """stream index -> (n, 7) array of dts, pts, size, pos, key, discard, duration."""
+    return pyav_reference(path)[0]
+
+
+def pyav_reference(path: Path) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Packets as pyav_packets(), and every stream's index entries once all are demuxed.
+
+    FFmpeg indexes all fragments of a file while opening it -- unless a sidx
+    lets it read them as it goes; after demuxing, the index is complete.
+    """
     rows: dict[int, list[tuple[int, ...]]] = {}
     with av.open(str(path)) as c:
         for s in c.streams:
@@ -137,7 +148,9 @@ def pyav_packets(path: Path) -> dict[int, np.ndarray]:
             rows[p.stream.index].append(
                 (p.dts, p.pts, p.size, p.pos, p.is_keyframe, p.is_discard, p.duration or 0)
             )
-    return {k: np.array(v, dtype=np.int64).reshape(-1, 7) for k, v in rows.items()}
+        entries = {s.index: _entries(s) for s in c.streams}
+    packets = {k: np.array(v, dtype=np.int64).reshape(-1, 7) for k, v in rows.items()}
+    return packets, entries
 
 
 def mine(t: TrackTable) -> np.ndarray:
@@ -145,20 +158,28 @@ def mine(t: TrackTable) -> np.ndarray:
     return np.stack([np.asarray(c, dtype=np.int64) for c in cols], axis=1)
 
 
-def assert_matches_pyav(path: Path, *, h264_keys_parsed: bool = False) -> list[TrackTable]:
-    """Compare with PyAV's packets and index entries.
+def assert_matches_pyav(
+    path: Path,
+    *,
+    h264_keys_parsed: bool = False,
+    select: Callable[[int, str], bool] | None = None,
+) -> list[TrackTable]:
+    """Compare with PyAV's packets and index entries (at open, and after demuxing).
 
     FFmpeg 8 sets ``packet.is_keyframe`` of H.264 in MP4 from its bitstream
     parser (IDR or recovery point SEI), not from stss; the index entries keep
     the stss flag.  ``h264_keys_parsed`` skips the packet key flag for files
-    whose stss deliberately disagrees with the bitstream.
+    whose stss deliberately disagrees with the bitstream.  With ``select``
+    only the selected tracks are read, and compared with their streams.
     """
-    tables = read_sample_tables(path)
-    packets = pyav_packets(path)
+    tables = read_sample_tables(path, select=select)
+    packets, entries = pyav_reference(path)
     with av.open(str(path)) as c:
-        assert len(c.streams) == len(tables)
-        for s, t in zip(c.streams, tables, strict=True):
-            assert s.id == t.track_id
+        streams = {s.id: s for s in c.streams}
+        if select is None:
+            assert [s.id for s in c.streams] == [t.track_id for t in tables]
+        for t in tables:
+            s = streams[t.track_id]
             assert s.time_base == Fraction(1, t.timescale)
             got, want = mine(t), packets[s.index]
             assert got.shape == want.shape, f"{path.name} stream {s.index}: sample count"
@@ -170,14 +191,9 @@ def assert_matches_pyav(path: Path, *, h264_keys_parsed: bool = False) -> list[T
                 f"{path.name} stream {s.index} ({t.handler}) differs at {bad[:5].tolist()}:\n"
                 f"mine {got[bad[:3]].tolist()}\npyav {want[bad[:3]].tolist()}"
             )
-            entries = np.array(
-                [
-                    (e.timestamp, e.pos, e.size, e.is_keyframe, e.is_discard)
-                    for e in s.index_entries
-                ],
-                dtype=np.int64,
-            ).reshape(-1, 5)
-            np.testing.assert_array_equal(entries, got[:, [0, 3, 2, 4, 5]])
+            np.testing.assert_array_equal(entries[s.index], got[:, [0, 3, 2, 4, 5]])
+            at_open = _entries(s)  # a prefix when FFmpeg reads fragments as it goes
+            np.testing.assert_array_equal(at_open, got[: len(at_open), [0, 3, 2, 4, 5]])
     return tables
 
 
@@ -227,12 +243,17 @@ def top_level(data: bytes) -> dict[bytes, tuple[int, int]]:
 
 
 def rewrite_moov(src: Path, dst: Path, edit: Callable[[list[Node]], None]) -> Path:
+    """Let ``edit`` change the traks of ``src``'s moov."""
+    return rewrite_moov_boxes(src, dst, lambda moov: edit([n for n in moov if n[0] == b"trak"]))
+
+
+def rewrite_moov_boxes(src: Path, dst: Path, edit: Callable[[list[Node]], None]) -> Path:
+    """Let ``edit`` change the list of boxes in ``src``'s moov (add or drop traks)."""
     data = src.read_bytes()
     pos, size = top_level(data)[b"moov"]
     assert pos + size == len(data), "moov must be the last box"
     moov = parse_boxes(data, pos + 8, pos + size)
-    traks = [n for n in moov if n[0] == b"trak"]
-    edit(traks)
+    edit(moov)
     dst.write_bytes(data[:pos] + box(b"moov", moov))
     return dst
 
@@ -725,6 +746,693 @@ def test_stss_absent_or_empty(source: Source, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------
+# fragmented files: real samples re-laid out by a minimal fragmented MP4 writer
+
+
+@dataclass
+class FragTrack:
+    """One track of a generated regular file, to be written as fragments."""
+
+    track_id: int
+    handler: str
+    tkhd: bytes
+    mdhd: bytes
+    hdlr: bytes
+    stsd: bytes
+    elst: list[tuple[int, int, float]]
+    samples: list[bytes]
+    durations: np.ndarray
+    cts: np.ndarray
+    sync: np.ndarray
+
+    @classmethod
+    def take(cls, path: Path, index: int) -> FragTrack:
+        data = path.read_bytes()
+        table = read_sample_tables(path)[index]
+        assert table.sample_count == table.stbl_sample_count
+        pos, size = top_level(data)[b"moov"]
+        trak = [n for n in parse_boxes(data, pos + 8, pos + size) if n[0] == b"trak"][index]
+        mdia = child(trak[1], b"mdia")[1]
+        order = np.argsort(table.sample_number)
+        offsets, sizes = table.offset[order], table.size[order]
+        return cls(
+            track_id=table.track_id,
+            handler=table.handler,
+            tkhd=child(trak[1], b"tkhd")[1],
+            mdhd=child(mdia, b"mdhd")[1],
+            hdlr=child(mdia, b"hdlr")[1],
+            stsd=child(stbl_of(trak), b"stsd")[1],
+            elst=[(e.segment_duration, e.media_time, e.media_rate) for e in table.edit_list],
+            samples=[data[o : o + s] for o, s in zip(offsets, sizes, strict=True)],
+            durations=np.asarray(table.duration)[order],
+            cts=(table.pts - table.dts - table.dts_shift)[order],
+            sync=np.asarray(table.sync)[order],
+        )
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Media time of each sample, from 0."""
+        return np.concatenate([[0], np.cumsum(self.durations)[:-1]])
+
+    def seconds(self) -> np.ndarray:
+        timescale = struct.unpack_from(">I", self.mdhd, 20 if self.mdhd[0] else 12)[0]
+        return self.starts / timescale
+
+
+NON_SYNC, SYNC = 0x01010000, 0x02000000
+
+
+@dataclass
+class Frag:
+    """How write_fragmented lays the samples out; the defaults are what OBS writes."""
+
+    cuts: list[int] | None = None  # first video sample of each fragment; default: key frames
+    base: str = "explicit"  # tfhd base: "explicit", "moof" (default-base-is-moof), "implicit"
+    tfdt: bool = True
+    tfdt_version: int = 1
+    trun_version: int = 0  # 1: composition offsets lowered by the first one (negative)
+    flags: str = "first"  # "first": first_sample_flags over a non-sync default; "each": per sample
+    runs: int = 1  # truns per traf
+    defaults: bool = True  # durations and sizes as tfhd defaults where all samples agree
+    placeholder: bool = True  # OBS: a 'free' box between ftyp and moov
+    edits: bool = True
+    cts: bool | None = None  # write composition offsets; default: if any is not 0
+    sidx: bool = False  # a (minimal) top-level sidx after the moov
+    stsd_id: int | None = None  # sample description index written in every tfhd
+    trailer: bytes = b""  # appended after the last fragment, e.g. an mfra box
+
+
+def _frag_groups(tracks: list[FragTrack], frag: Frag) -> list[list[tuple[int, int]]]:
+    """Per fragment, per track: the [start, end) sample range (video cuts, others by time)."""
+    video = tracks[0]
+    cuts = frag.cuts if frag.cuts is not None else np.flatnonzero(video.sync).tolist()
+    bounds = [*cuts, len(video.samples)]
+    times = [video.seconds()[c] for c in cuts[1:]]
+    groups = []
+    for k in range(len(cuts)):
+        row = [(bounds[k], bounds[k + 1])]
+        for t in tracks[1:]:
+            edges = [0, *np.searchsorted(t.seconds(), times).tolist(), len(t.samples)]
+            row.append((edges[k], edges[k + 1]))
+        groups.append(row)
+    return groups
+
+
+def _trun(t: FragTrack, idx: range, frag: Frag, data_offset: int) -> tuple[int, bytes]:
+    """(trun flags, trun body) of samples ``idx``."""
+    video = t.handler == "vide"
+    durations, sizes = t.durations[idx], np.array([len(t.samples[i]) for i in idx])
+    cts = t.cts[idx] - (t.cts[0] if frag.trun_version else 0)
+    flags = 0x001
+    fields: list[np.ndarray] = []
+    if not (frag.defaults and len(set(durations.tolist())) == 1):
+        flags |= 0x100
+        fields.append(durations)
+    if not (frag.defaults and len(set(sizes.tolist())) == 1):
+        flags |= 0x200
+        fields.append(sizes)
+    head = struct.pack(">Ii", len(idx), data_offset)
+    if video and frag.flags == "each":
+        flags |= 0x400
+        fields.append(np.where(t.sync[idx], SYNC, NON_SYNC))
+    elif video:
+        flags |= 0x004
+        head += struct.pack(">I", SYNC if t.sync[idx.start] else NON_SYNC)
+    if video and (t.cts.any() if frag.cts is None else frag.cts):
+        flags |= 0x800
+        fields.append(cts)
+    rows = np.stack(fields, axis=1) if fields else np.zeros((len(idx), 0))
+    dtype = ">u4" if frag.trun_version == 0 else ">i4"
+    return flags, head + rows.astype(">i8").astype(dtype).tobytes()
+
+
+def _traf(t: FragTrack, a: int, b: int, frag: Frag, moof_start: int, base: int, data: int) -> bytes:
+    """traf of samples [a, b) of ``t`` whose data starts at file offset ``data``."""
+    flags = 0x000020
+    body = struct.pack(">I", t.track_id)
+    if frag.base == "explicit":
+        flags |= 0x000001
+        body += struct.pack(">Q", moof_start)
+    elif frag.base == "moof":
+        flags |= 0x020000
+    if frag.stsd_id is not None:
+        flags |= 0x000002
+        body += struct.pack(">I", frag.stsd_id)
+    durations = t.durations[a:b]
+    sizes = np.array([len(s) for s in t.samples[a:b]])
+    if frag.defaults and len(set(durations.tolist())) == 1:
+        flags |= 0x000008
+        body += struct.pack(">I", int(durations[0]))
+    if frag.defaults and len(set(sizes.tolist())) == 1:
+        flags |= 0x000010
+        body += struct.pack(">I", int(sizes[0]))
+    body += struct.pack(">I", NON_SYNC if t.handler == "vide" else SYNC)
+    parts = [full_box(b"tfhd", 0, body, flags)]
+    if frag.tfdt:
+        start = int(t.starts[a])
+        fmt = ">Q" if frag.tfdt_version else ">I"
+        parts.append(full_box(b"tfdt", frag.tfdt_version, struct.pack(fmt, start)))
+    edges = np.linspace(a, b, min(frag.runs, b - a) + 1).astype(int)
+    for lo, hi in itertools.pairwise(edges.tolist()):
+        at = data + sum(len(s) for s in t.samples[a:lo])
+        run_flags, run = _trun(t, range(lo, hi), frag, at - base)
+        parts.append(full_box(b"trun", frag.trun_version, run, run_flags))
+    return box(b"traf", b"".join(parts))
+
+
+def _moof(
+    tracks: list[FragTrack], row: list[tuple[int, int]], frag: Frag, start: int, seq: int
+) -> bytes:
+    def build(size: int) -> bytes:
+        data = start + size + 8  # after the mdat header
+        implicit = start
+        trafs = []
+        for t, (a, b) in zip(tracks, row, strict=True):
+            if a == b:
+                continue
+            base = start if frag.base != "implicit" else implicit
+            trafs.append(_traf(t, a, b, frag, start, base, data))
+            data += sum(len(s) for s in t.samples[a:b])
+            implicit = data
+        return box(b"moof", full_box(b"mfhd", 0, struct.pack(">I", seq)) + b"".join(trafs))
+
+    return build(len(build(0)))
+
+
+def _trak_box(t: FragTrack, stbl: list[bytes], edits: bool) -> bytes:
+    """trak of ``t`` with sample table boxes ``stbl`` (after its stsd)."""
+    video = t.handler == "vide"
+    head = full_box(b"vmhd", 0, bytes(8), 1) if video else full_box(b"smhd", 0, bytes(4))
+    dref = full_box(b"dref", 0, struct.pack(">I", 1) + full_box(b"url ", 0, b"", flags=1))
+    stbl_box = box(b"stbl", box(b"stsd", t.stsd) + b"".join(stbl))
+    minf = box(b"minf", head + box(b"dinf", dref) + stbl_box)
+    mdia = box(b"mdia", box(b"mdhd", t.mdhd) + box(b"hdlr", t.hdlr) + minf)
+    edts = box(b"edts", box(b"elst", elst_body(t.elst))) if t.elst and edits else b""
+    return box(b"trak", box(b"tkhd", t.tkhd) + edts + mdia)
+
+
+def _init_moov(mvhd: bytes, tracks: list[FragTrack], frag: Frag) -> bytes:
+    """A fragmented file's moov: sample descriptions, empty tables, trex defaults."""
+    empty = [
+        table_box(b"stts", []),
+        table_box(b"stsc", []),
+        full_box(b"stsz", 0, bytes(8)),
+        table_box(b"stco", []),
+    ]
+    traks = b"".join(_trak_box(t, empty, frag.edits) for t in tracks)
+    trex = b"".join(
+        full_box(b"trex", 0, struct.pack(">5I", t.track_id, 1, 0, 0, 0)) for t in tracks
+    )
+    return box(b"moov", box(b"mvhd", mvhd) + traks + box(b"mvex", trex))
+
+
+def write_fragmented(
+    dst: Path, src: Path, frag: Frag | None = None, tracks: list[FragTrack] | None = None
+) -> Path:
+    """The tracks of ``src`` (video first) as a fragmented MP4, laid out as ``frag`` says."""
+    frag = frag or Frag()
+    if tracks is None:
+        with av.open(str(src)) as c:
+            tracks = [FragTrack.take(src, i) for i in range(len(c.streams))]
+    data = src.read_bytes()
+    pos, size = top_level(data)[b"moov"]
+    mvhd = child(parse_boxes(data, pos + 8, pos + size), b"mvhd")[1]
+    out = bytearray(box(b"ftyp", b"iso6" + bytes(4) + b"iso6mp41"))
+    if frag.placeholder:
+        out += box(b"free", bytes(8))
+    out += _init_moov(mvhd, tracks, frag)
+    if frag.sidx:
+        out += full_box(b"sidx", 0, struct.pack(">IIIIHHIII", 1, 30000, 0, 0, 0, 1, 0, 0, 0))
+    for seq, row in enumerate(_frag_groups(tracks, frag), start=1):
+        out += _moof(tracks, row, frag, len(out), seq)
+        payload = b"".join(b"".join(t.samples[a:b]) for t, (a, b) in zip(tracks, row, strict=True))
+        out += box(b"mdat", payload)
+    dst.write_bytes(bytes(out) + frag.trailer)
+    return dst
+
+
+def finalize_like_obs(fragmented: Path, dst: Path, tracks: list[FragTrack]) -> Path:
+    """What OBS does when a hybrid MP4 recording stops: the same file made regular.
+
+    A full moov goes after the last fragment, and the 16-byte 'free'
+    placeholder after ftyp becomes the header of one mdat spanning the
+    initial moov and every moof/mdat pair, which no reader then looks into.
+    """
+    original = fragmented.read_bytes()
+    pos, size = top_level(original)[b"moov"]
+    mvhd = child(parse_boxes(original, pos + 8, pos + size), b"mvhd")[1]
+    data = bytearray(original)
+    placeholder = struct.unpack_from(">I", data)[0]  # right after ftyp
+    assert data[placeholder + 4 : placeholder + 8] == b"free"
+    struct.pack_into(">I4s", data, placeholder, len(data) - placeholder, b"mdat")
+    traks = []
+    for t, table in zip(tracks, read_sample_tables(fragmented), strict=True):
+        sizes = np.array([len(x) for x in t.samples])
+        parts = [
+            table_box(b"stts", runs_of(t.durations)),
+            table_box(b"stsc", [(1, 1, 1)]),
+            full_box(b"stsz", 0, struct.pack(">II", 0, len(sizes)) + sizes.astype(">u4").tobytes()),
+            table_box(b"stco", np.asarray(table.offset).reshape(-1, 1)),
+        ]
+        if t.handler == "vide":
+            parts.append(table_box(b"ctts", runs_of(t.cts), ">i4"))
+            parts.append(table_box(b"stss", (np.flatnonzero(t.sync) + 1).reshape(-1, 1)))
+        traks.append(_trak_box(t, parts, edits=True))
+    dst.write_bytes(bytes(data) + box(b"moov", box(b"mvhd", mvhd) + b"".join(traks)))
+    return dst
+
+
+# FFmpeg's own fragmenting muxer: (codec, encoder options, container options, audio)
+FFMPEG_FRAGMENTED: dict[str, tuple[str, dict[str, str], dict[str, str], bool]] = {
+    "empty_moov": (
+        "libx264",
+        X264,
+        {"movflags": "frag_keyframe+empty_moov+default_base_moof"},
+        True,
+    ),
+    "delay_moov": (
+        "libx264",
+        X264,
+        {"movflags": "frag_keyframe+delay_moov+default_base_moof"},
+        True,
+    ),
+    "every_frame": ("libx264", X264, {"movflags": "frag_every_frame"}, True),
+    "duration": (
+        "libx264",
+        X264,
+        {"movflags": "empty_moov+default_base_moof", "frag_duration": "500000"},
+        True,
+    ),
+    "first_in_moov": ("libx264", X264, {"movflags": "frag_keyframe"}, True),
+    "no_bframes": (
+        "libx264",
+        {"bf": "0", "g": "30"},
+        {"movflags": "frag_keyframe+empty_moov+default_base_moof"},
+        True,
+    ),
+    "negative_cts": (
+        "libx264",
+        X264,
+        {"movflags": "frag_keyframe+empty_moov+negative_cts_offsets"},
+        True,
+    ),
+    "cmaf": ("libx264", X264, {"movflags": "cmaf+frag_keyframe+empty_moov"}, True),
+    "dash_sidx": (
+        "libx264",
+        X264,
+        {"movflags": "frag_keyframe+empty_moov+default_base_moof+dash"},
+        True,
+    ),
+    "global_sidx": ("libx264", X264, {"movflags": "frag_keyframe+empty_moov+global_sidx"}, True),
+    "hevc": (
+        "libx265",
+        X265_OPEN,
+        {"movflags": "frag_keyframe+empty_moov+default_base_moof"},
+        False,
+    ),
+    "hevc_every_frame": ("libx265", X265_OPEN, {"movflags": "frag_every_frame"}, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FFMPEG_FRAGMENTED))
+def test_ffmpeg_fragmented_matches_pyav(tmp_path: Path, name: str) -> None:
+    codec, options, container, audio = FFMPEG_FRAGMENTED[name]
+    path = encode(
+        tmp_path / f"{name}.mp4", codec, options, audio=audio, container_options=container
+    )
+    # With a global sidx FFmpeg reads fragments as it goes, and its H.264
+    # parser then misses the key frames of the first ones; the index has them.
+    tables = assert_matches_pyav(path, h264_keys_parsed=name == "global_sidx")
+    video = tables[0]
+    assert video.handler == "vide" and video.sample_count == 90
+    assert video.fragment_sample_count > 0 and video.stbl_sample_count == 90
+    assert np.array_equal(video.sample_number, np.arange(90))
+    assert video.sync[0] and video.sync.sum() >= 3
+
+
+def test_ffmpeg_fragment_details(tmp_path: Path) -> None:
+    def make(name: str) -> Path:
+        codec, options, container, audio = FFMPEG_FRAGMENTED[name]
+        return encode(
+            tmp_path / f"{name}.mp4", codec, options, audio=audio, container_options=container
+        )
+
+    # the first fragment goes into the moov's own tables, the rest into moofs
+    video, audio = read_sample_tables(make("first_in_moov"))
+    assert video.fragment_sample_count == 60 and audio.fragment_sample_count < 142
+    # every frame its own fragment: audio fragments overlap; FFmpeg flags the
+    # samples that start no later than the previous run's last one
+    video, audio = read_sample_tables(make("every_frame"))
+    assert audio.discard.any()
+    for i in np.flatnonzero(audio.discard):
+        assert audio.dts[i] <= audio.dts[i - 1]
+    # ... and writes audio samples without duration: FFmpeg takes the distance
+    # to the next sample or, where there is none, the AAC frame size
+    assert set(audio.duration[1:].tolist()) == {1024}
+    (video,) = read_sample_tables(make("hevc"))
+    assert video.sample_entries[0].config_type == "hvcC" and video.sync.sum() >= 3
+    video, _ = read_sample_tables(make("negative_cts"))
+    assert video.dts_shift == 1001 and int(video.pts.min()) == 1001
+
+
+# OBS (unfinalised hybrid MP4) and other writers, emulated on real samples
+FRAG_LAYOUTS: dict[str, Frag] = {
+    "obs": Frag(),
+    "base_is_moof": Frag(base="moof", placeholder=False),
+    "implicit_base": Frag(base="implicit"),
+    "per_sample_flags": Frag(flags="each", defaults=False),
+    "three_runs_per_traf": Frag(runs=3),
+    "no_tfdt": Frag(tfdt=False),
+    "tfdt_v0": Frag(tfdt_version=0),
+    "trun_v1_negative_cts": Frag(trun_version=1),
+    "uneven_fragments": Frag(cuts=[0, 10, 30, 31, 60, 75]),
+    "no_edit_lists": Frag(edits=False),
+    "mfra_trailer": Frag(trailer=box(b"mfra", full_box(b"mfro", 0, struct.pack(">I", 24)))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FRAG_LAYOUTS))
+def test_fragment_layouts_match_pyav(media: dict[str, Path], tmp_path: Path, name: str) -> None:
+    path = write_fragmented(tmp_path / f"{name}.mp4", media["h264_aac"], FRAG_LAYOUTS[name])
+    video, audio = assert_matches_pyav(path)
+    assert video.fragment_sample_count == video.sample_count == 90
+    assert audio.fragment_sample_count == audio.sample_count == 142
+
+
+def test_obs_hybrid_mp4_before_and_after_finalisation(
+    media: dict[str, Path], tmp_path: Path
+) -> None:
+    tracks = [FragTrack.take(media["h264_aac"], i) for i in range(2)]
+    live = write_fragmented(tmp_path / "live.mp4", media["h264_aac"], Frag(), tracks)
+    video, audio = assert_matches_pyav(live)  # a crash leaves this: fragments
+    final = finalize_like_obs(live, tmp_path / "final.mp4", tracks)
+    top = top_level(final.read_bytes())
+    assert b"moof" not in top and len(top) == 3  # ftyp, mdat, moov
+    final_video, final_audio = assert_matches_pyav(final)
+    # same samples, same bytes; only the edit list is now applied in full
+    for a, b in ((video, final_video), (audio, final_audio)):
+        assert np.array_equal(a.offset, b.offset) and np.array_equal(a.pts, b.pts)
+        assert b.fragment_sample_count == 0
+    assert final_audio.discard[0] and not audio.discard[0]
+
+
+def test_obs_pcm_fragments_are_indexed_per_frame(tmp_path: Path) -> None:
+    """OBS writes PCM as one-frame samples with tfhd defaults; FFmpeg indexes each."""
+    src = encode_pcm(tmp_path / "pcm.mp4", "pcm_s16le", frames=10)
+    data = src.read_bytes()
+    chunked = read_sample_tables(src)[1]
+    frames = []
+    for offset, size in zip(chunked.offset, chunked.size, strict=True):
+        frames += [data[i : i + 4] for i in range(offset, offset + size, 4)]
+    pos, size = top_level(data)[b"moov"]
+    trak = [n for n in parse_boxes(data, pos + 8, pos + size) if n[0] == b"trak"][1]
+    mdia = child(trak[1], b"mdia")[1]
+    n = len(frames)
+    audio = FragTrack(
+        track_id=2,
+        handler="soun",
+        tkhd=child(trak[1], b"tkhd")[1],
+        mdhd=child(mdia, b"mdhd")[1],
+        hdlr=child(mdia, b"hdlr")[1],
+        stsd=child(stbl_of(trak), b"stsd")[1],
+        elst=[],
+        samples=frames,
+        durations=np.ones(n, dtype=np.int64),
+        cts=np.zeros(n, dtype=np.int64),
+        sync=np.ones(n, dtype=np.bool_),
+    )
+    tracks = [FragTrack.take(src, 0), audio]
+    path = write_fragmented(tmp_path / "f.mp4", src, Frag(), tracks)
+    _, table = assert_matches_pyav(path)
+    assert table.sample_count == n == 10 * 1920 and not table.pcm_chunked
+
+
+def test_fragments_apply_only_the_edit_start(media: dict[str, Path], tmp_path: Path) -> None:
+    """No mov_fix_index() for fragments: the edit list only shifts by its start."""
+    path = write_fragmented(tmp_path / "f.mp4", media["h264_aac"])
+    video, audio = read_sample_tables(path)
+    assert video.dts[0] == -2002 and video.pts[0] == 0  # as in a regular file...
+    assert audio.dts[0] == -1024 and not audio.discard.any()  # ...but priming is not flagged
+    v, a = (FragTrack.take(media["h264_aac"], i) for i in range(2))
+    # edit lists a regular file could not have indexed; only the first edits count:
+    # first video dts = duration of a first empty edit - media_time of the edit after it
+    edits: dict[str, tuple[list[tuple[int, int, float]], int]] = {
+        "several_edits": ([(1000, 2002, 1), (1000, 40040, 1)], -2002),
+        "rate_2": ([(3003, 2002, 2)], -2002),
+        "empty_edit_first": ([(500, -1, 1), (3003, 2002, 1)], 15000 - 2002),
+        "two_empty_edits": ([(100, -1, 1), (33, -1, 1), (3003, 2002, 1)], 3000),
+        "zero_duration": ([(0, 2002, 1)], -2002),
+    }
+    for name, (elst, first_dts) in edits.items():
+        tracks = [dataclasses.replace(v, elst=elst), a]
+        path = write_fragmented(tmp_path / f"{name}.mp4", media["h264_aac"], tracks=tracks)
+        video, _ = assert_matches_pyav(path)
+        assert video.dts[0] == first_dts, name
+
+
+def test_fragment_samples_without_duration(media: dict[str, Path], tmp_path: Path) -> None:
+    v, a = (FragTrack.take(media["h264_aac"], i) for i in range(2))
+    durations = a.durations.copy()
+    durations[[3, 50, 141]] = 0
+    tracks = [v, dataclasses.replace(a, durations=durations)]
+    path = write_fragmented(tmp_path / "z.mp4", media["h264_aac"], Frag(defaults=False), tracks)
+    _, audio = assert_matches_pyav(path)
+    # inside a run the next sample starts at once: the AAC frame size it is;
+    # the last one lasts to the stream (mdhd) duration, measured from its dts
+    # as shifted by the edit list (FFmpeg compares the two as they are)
+    assert audio.duration[3] == audio.duration[50] == 1024
+    assert audio.duration[141] == 145408 - audio.dts[141]
+
+
+def test_fragment_refusals(media: dict[str, Path], tmp_path: Path) -> None:
+    good = write_fragmented(tmp_path / "good.mp4", media["h264_aac"])
+    data = good.read_bytes()
+    first_moof = data.index(b"moof") - 4
+    last_moof = data.rindex(b"moof") - 4
+
+    def refused(name: str, content: bytes, match: str) -> None:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(Mp4IndexError, match=match) as info:
+            read_sample_tables(path)
+        assert name in str(info.value)
+
+    refused("cut_mdat.mp4", data[:-5000], "past the end of the file .*in the movie fragment")
+    refused("cut_moof.mp4", data[: last_moof + 40], "last movie fragment is cut short")
+    refused("head.mp4", data[:first_moof], "recording stopped before its first fragment")
+
+    moov_at, moov_size = top_level(data)[b"moov"]
+    moov = data[moov_at : moov_at + moov_size]
+    hole = box(b"free", bytes(moov_size - 8))  # keeps every offset
+    refused(
+        "moov_last.mp4",
+        data[:moov_at] + hole + data[moov_at + moov_size :] + moov,
+        "before the moov",
+    )
+    nodes = parse_boxes(moov, 8, len(moov))
+    no_mvex = box(b"moov", [n for n in nodes if n[0] != b"mvex"])
+    padding = box(b"free", bytes(moov_size - len(no_mvex) - 8))
+    rest = data[moov_at + moov_size :]
+    refused("no_mvex.mp4", data[:moov_at] + no_mvex + padding + rest, "no 'mvex/trex'")
+
+    def retag(content: bytes, fourcc: bytes, at: int, old: int, new: int) -> bytes:
+        """Change the u32 at payload offset ``at`` of every ``fourcc`` box holding ``old``."""
+        out = bytearray(content)
+        i = out.find(fourcc, first_moof)
+        while i >= 0:
+            if struct.unpack_from(">I", out, i + 4 + at)[0] == old:
+                struct.pack_into(">I", out, i + 4 + at, new)
+            i = out.find(fourcc, i + 1)
+        return bytes(out)
+
+    # audio trafs naming a track without trex: FFmpeg adds them to the video
+    refused("no_trex.mp4", retag(data, b"tfhd", 4, 2, 7), "FFmpeg would add its samples to track 1")
+
+    v, a = (FragTrack.take(media["h264_aac"], i) for i in range(2))
+    empty_sample = dataclasses.replace(
+        v, samples=[b"" if i == 40 else s for i, s in enumerate(v.samples)]
+    )
+    path = write_fragmented(tmp_path / "size0.mp4", media["h264_aac"], Frag(), [empty_sample, a])
+    with pytest.raises(Mp4IndexError, match="sample of size 0"):
+        read_sample_tables(path)
+    path = write_fragmented(tmp_path / "stsd.mp4", media["h264_aac"], Frag(stsd_id=2))
+    with pytest.raises(Mp4IndexError, match="sample description 2, the track has 1"):
+        read_sample_tables(path)
+    # with a sidx FFmpeg reads fragments as it goes: what then depends on the
+    # order it reads them in is refused
+    path = write_fragmented(tmp_path / "sidx.mp4", media["h264_aac"], Frag(tfdt=False, sidx=True))
+    with pytest.raises(Mp4IndexError, match="without tfdt in a file with 'sidx'"):
+        read_sample_tables(path)
+    cts = v.cts.copy()
+    cts[70] -= 9009  # a later fragment lowers the smallest composition offset
+    tracks = [dataclasses.replace(v, cts=cts), a]
+    path = write_fragmented(
+        tmp_path / "grow.mp4", media["h264_aac"], Frag(sidx=True, trun_version=1), tracks
+    )
+    with pytest.raises(Mp4IndexError, match="grow from fragment to fragment"):
+        read_sample_tables(path)
+    assert read_sample_tables(path, select=lambda tid, handler: tid == 2)[0].sample_count == 142
+
+
+# --------------------------------------------------------------------------
+# reading only some tracks
+
+
+def _with_trak(
+    src: Path, dst: Path, make: Callable[[list[Node]], Node], first: bool = False
+) -> Path:
+    """``src`` with one more trak, built by ``make`` from the moov's boxes."""
+
+    def edit(moov: list[Node]) -> None:
+        at = next(i for i, n in enumerate(moov) if n[0] == b"trak")
+        traks = [i for i, n in enumerate(moov) if n[0] == b"trak"]
+        moov.insert(at if first else traks[-1] + 1, make(moov))
+
+    return rewrite_moov_boxes(src, dst, edit)
+
+
+def _copy_trak(moov: list[Node], index: int, track_id: int, handler: bytes | None = None) -> Node:
+    trak: Node = copy.deepcopy([n for n in moov if n[0] == b"trak"][index])
+    tkhd = child(trak[1], b"tkhd")
+    at = 20 if tkhd[1][0] == 1 else 12
+    tkhd[1] = tkhd[1][:at] + struct.pack(">I", track_id) + tkhd[1][at + 4 :]
+    if handler is not None:
+        hdlr = child(child(trak[1], b"mdia")[1], b"hdlr")
+        hdlr[1] = hdlr[1][:8] + handler + hdlr[1][12:]
+    return trak
+
+
+def _timecode_with_broken_tables(moov: list[Node]) -> Node:
+    trak = _copy_trak(moov, 1, 3, b"tmcd")
+    stsz = child(stbl_of(trak), b"stsz")
+    stsz[1] = stsz[1][:-40]  # sample sizes of the last ten samples are missing
+    return trak
+
+
+IRREGULAR_TRACKS: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
+    # phone slow motion: the audio edit plays at another rate
+    "audio_rate": (
+        lambda s, d: rewrite_moov(s, d, lambda t: set_elst(t[1], [(2900, 1024, 0.25)])),
+        "media_rate",
+    ),
+    "audio_several_edits": (
+        lambda s, d: rewrite_moov(
+            s, d, lambda t: set_elst(t[1], [(1000, 1024, 1), (500, -1, 1), (1000, 48000, 1)])
+        ),
+        "non-empty edits",
+    ),
+    "timecode_track": (lambda s, d: _with_trak(s, d, _timecode_with_broken_tables), "stsz"),
+    "track_without_media": (
+        lambda s, d: _with_trak(
+            s, d, lambda m: [b"trak", [child(_copy_trak(m, 1, 4)[1], b"tkhd")]]
+        ),
+        "trak #3: 'trak' has no 'mdia' box",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IRREGULAR_TRACKS))
+def test_irregular_track_only_matters_when_selected(
+    media: dict[str, Path], tmp_path: Path, name: str
+) -> None:
+    make, message = IRREGULAR_TRACKS[name]
+    path = make(media["h264_aac"], tmp_path / f"{name}.mp4")
+    with pytest.raises(Mp4IndexError, match=message):
+        read_sample_tables(path)
+    (video,) = assert_matches_pyav(path, select=lambda tid, handler: handler == "vide")
+    assert video.track_id == 1 and video.sample_count == 90
+    plain = read_video_table(media["h264_aac"])
+    got = read_video_table(path)
+    for column in ("dts", "pts", "size", "offset", "sync", "discard", "duration"):
+        assert np.array_equal(getattr(got, column), getattr(plain, column)), column
+    if name == "timecode_track":  # the regular audio track is still fine
+        (audio,) = assert_matches_pyav(path, select=lambda tid, handler: tid == 2)
+        assert audio.handler == "soun"
+
+
+def test_select_sees_every_trak_in_order(media: dict[str, Path], tmp_path: Path) -> None:
+    path = _with_trak(media["h264_aac"], tmp_path / "t.mp4", _timecode_with_broken_tables)
+    seen: list[tuple[int, str]] = []
+
+    def nothing(track_id: int, handler: str) -> bool:
+        seen.append((track_id, handler))
+        return False
+
+    assert read_sample_tables(path, select=nothing) == []
+    assert seen == [(1, "vide"), (2, "soun"), (3, "tmcd")]
+
+
+def test_track_without_samples_switches_ffmpeg_edit_lists_off(
+    media: dict[str, Path], tmp_path: Path
+) -> None:
+    """FFmpeg stops applying edit lists in full at the first trak with no samples."""
+
+    def empty_track(moov: list[Node]) -> Node:
+        trak = _copy_trak(moov, 1, 3)
+        stbl = stbl_of(trak)
+        for typ in (b"stts", b"stsc", b"stco"):
+            child(stbl, typ)[1] = table_box(typ, [])[8:]
+        child(stbl, b"stsz")[1] = full_box(b"stsz", 0, bytes(8))[8:]
+        return trak
+
+    last = _with_trak(media["h264_aac"], tmp_path / "last.mp4", empty_track)
+    _, audio, empty = assert_matches_pyav(last)
+    assert audio.discard[0] and empty.sample_count == 0  # edit lists as usual
+    first = _with_trak(media["h264_aac"], tmp_path / "first.mp4", empty_track, first=True)
+    empty, video, audio = assert_matches_pyav(first)
+    assert not audio.discard.any() and audio.dts[0] == -1024  # only shifted
+    selected = read_sample_tables(first, select=lambda tid, handler: handler == "vide")
+    assert np.array_equal(selected[0].pts, video.pts)
+
+
+def test_read_video_table(media: dict[str, Path], tmp_path: Path) -> None:
+    video = read_video_table(media["h264_aac"])
+    assert video.handler == "vide" and video.track_id == 1
+    assert read_video_table(media["h264_aac"], track_id=1).sample_count == 90
+    with pytest.raises(Mp4IndexError, match="track 2 is a 'soun' track, not video"):
+        read_video_table(media["h264_aac"], track_id=2)
+    with pytest.raises(Mp4IndexError, match=r"no track 9 \(tracks: 1 'vide', 2 'soun'\)"):
+        read_video_table(media["h264_aac"], track_id=9)
+
+    def drop_video(moov: list[Node]) -> None:
+        moov.remove(next(n for n in moov if n[0] == b"trak"))
+
+    audio_only = rewrite_moov_boxes(media["h264_aac"], tmp_path / "a.mp4", drop_video)
+    with pytest.raises(Mp4IndexError, match=r"a.mp4: no video track \(tracks: 2 'soun'\)"):
+        read_video_table(audio_only)
+
+
+def test_fragments_of_unselected_tracks_are_not_parsed(
+    media: dict[str, Path], tmp_path: Path
+) -> None:
+    good = write_fragmented(tmp_path / "good.mp4", media["h264_aac"])
+    data = bytearray(good.read_bytes())
+    # every audio trun claims far more samples than it holds
+    at = data.find(b"tfhd")
+    while at >= 0:
+        if struct.unpack_from(">I", data, at + 8)[0] == 2:
+            trun = data.index(b"trun", at)
+            struct.pack_into(">I", data, trun + 8, 1 << 20)
+        at = data.find(b"tfhd", at + 1)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(Mp4IndexError, match="track 2: 'trun' box is truncated"):
+        read_sample_tables(broken)
+    got, want = read_video_table(broken), read_video_table(good)
+    assert np.array_equal(got.offset, want.offset) and np.array_equal(got.pts, want.pts)
+    # ... only as far as a selected track's data offset depends on them
+    implicit = write_fragmented(tmp_path / "implicit.mp4", media["h264_aac"], Frag(base="implicit"))
+    (audio,) = assert_matches_pyav(implicit, select=lambda tid, handler: handler == "soun")
+    assert audio.sample_count == 142
+    data = bytearray(implicit.read_bytes())
+    at = data.find(b"trun")  # the video's, which the audio's implicit offset follows
+    struct.pack_into(">I", data, at + 8, 1 << 20)
+    implicit.write_bytes(bytes(data))
+    with pytest.raises(Mp4IndexError, match="follows a run of another track that cannot be read"):
+        read_sample_tables(implicit, select=lambda tid, handler: handler == "soun")
+
+
+# --------------------------------------------------------------------------
 # errors
 
 
@@ -775,18 +1483,6 @@ def test_truncated_media_after_leading_moov(media: dict[str, Path], tmp_path: Pa
     cut.write_bytes(data[: len(data) - 5000])
     with pytest.raises(Mp4IndexError, match="past the end of the file"):
         read_sample_tables(cut)
-
-
-def test_fragmented_mp4(media: dict[str, Path], tmp_path: Path) -> None:
-    msg = "fragmented MP4 is not supported by the index; demux instead"
-    with pytest.raises(Mp4IndexError, match=msg):
-        read_sample_tables(media["fragmented"])
-    # just the empty moov (recording stopped before the first fragment): mvex
-    data = media["fragmented"].read_bytes()
-    head = tmp_path / "head.mp4"
-    head.write_bytes(data[: data.index(b"moof") - 4])
-    with pytest.raises(Mp4IndexError, match=msg):
-        read_sample_tables(head)
 
 
 def test_corrupt_tables(media: dict[str, Path], tmp_path: Path) -> None:
@@ -859,4 +1555,74 @@ def test_one_hour_index_is_fast(source: Source, tmp_path: Path) -> None:
                 video.offset[i],
                 video.size[i],
                 video.sync[i],
+            )
+
+
+def test_fragmented_reads_only_box_headers_moov_and_moofs(
+    media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_fragmented(tmp_path / "f.mp4", media["h264_aac"], Frag(cuts=[0, 10, 30, 50, 60]))
+    data = path.read_bytes()
+    boxes, moov_and_moofs, pos = 0, 0, 0
+    while pos < len(data):
+        size, typ = struct.unpack_from(">I4s", data, pos)
+        boxes += 1
+        moov_and_moofs += size - 8 if typ in (b"moov", b"moof") else 0
+        pos += size
+    monkeypatch.setattr(Path, "open", lambda self, mode="r": _CountingFile(self, mode[0]))
+    _CountingFile.read_bytes = 0
+    read_sample_tables(path)
+    assert _CountingFile.read_bytes <= moov_and_moofs + 16 * boxes
+    assert _CountingFile.read_bytes < len(data) // 10
+
+
+def test_one_hour_fragmented_index_is_fast(source: Source, tmp_path: Path) -> None:
+    """An hour at 30 fps in one-second fragments (3600 moofs, 108k samples), as OBS writes.
+
+    Every fragment refers to the same GOP, stored once, to keep the file small.
+    """
+    gop, fragments = 30, 3600
+    video = FragTrack(
+        track_id=1,
+        handler="vide",
+        tkhd=source.tkhd,
+        mdhd=source.mdhd,
+        hdlr=source.hdlr,
+        stsd=source.stsd,
+        elst=source.elst,
+        samples=source.samples[:gop],
+        durations=np.full(gop, 1001),
+        cts=source.ctts[:gop],
+        sync=np.arange(gop) == 0,
+    )
+    head = box(b"ftyp", b"iso6" + bytes(4) + b"iso6mp41") + _init_moov(source.mvhd, [video], Frag())
+    gop_data = len(head) + 8  # after the mdat header
+    out = bytearray(head + box(b"mdat", b"".join(video.samples)))
+    run_flags, run = _trun(video, range(gop), Frag(), 0)
+    trun = full_box(b"trun", 0, run, run_flags)
+    tfhd = full_box(b"tfhd", 0, struct.pack(">IQII", 1, gop_data, 1001, NON_SYNC), 0x29)
+    for k in range(fragments):
+        tfdt = full_box(b"tfdt", 1, struct.pack(">Q", k * gop * 1001))
+        mfhd = full_box(b"mfhd", 0, struct.pack(">I", k + 1))
+        out += box(b"moof", mfhd + box(b"traf", tfhd + tfdt + trun))
+    path = tmp_path / "hour.mp4"
+    path.write_bytes(bytes(out))
+
+    t0 = time.perf_counter()
+    (table,) = read_sample_tables(path)
+    elapsed = time.perf_counter() - t0
+    n = gop * fragments
+    assert table.sample_count == table.fragment_sample_count == n
+    assert elapsed < 1.0, f"indexing {n} samples in {fragments} fragments took {elapsed:.3f} s"
+    assert table.dts[-1] == (n - 1) * 1001 - source.elst[0][1]
+    with av.open(str(path)) as c:
+        entries = c.streams.video[0].index_entries
+        assert len(entries) == n
+        for i in range(0, n, 997):
+            e = entries[i]
+            assert (e.timestamp, e.pos, e.size, e.is_keyframe) == (
+                table.dts[i],
+                table.offset[i],
+                table.size[i],
+                table.sync[i],
             )
