@@ -25,6 +25,7 @@ from render.config import parse_config
 from render.engine import Prepared, execute, prepare
 from render.errors import ConfigError
 from tests import mediagen as mg
+from tests.test_mp4index import IRREGULAR_TRACKS
 
 EPS = Fraction(1, 1_000_000)
 #: Clicks this close to a cut are not looked for: the cut may fall inside one.
@@ -352,3 +353,23 @@ def test_the_first_segments_timecode_is_carried(tmp_path: Path) -> None:
             assert c.streams.video[0].metadata.get("timecode") == want
             assert len(c.streams.data) == (1 if want else 0)  # the tmcd track
         assert mg.decode_video(out).errors == 0
+
+
+@pytest.mark.parametrize("kind", sorted(IRREGULAR_TRACKS))
+def test_a_track_the_export_does_not_use_cannot_refuse_the_file(
+    cameras: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path, kind: str,
+) -> None:
+    """A broken timecode track, a trak without media, slow-motion or multi-edit audio."""
+    root, media = cameras
+    make, _ = IRREGULAR_TRACKS[kind]
+    make(root / "sources" / "plain.mp4", root / "sources" / f"odd_{kind}.mp4")
+    odd = f"odd_{kind}.mp4"
+    media = {**media, odd: media["plain.mp4"]}  # same frames: only the moov differs
+    segments = [(odd, 0.5, 1.7), ("gap.mp4", 1.7, 2.4), (odd, 2.4, 3.3)]
+    _, out = export(root, segments, tmp_path)
+    want = expect(media, segments)
+    if kind.startswith("audio"):  # the edited audio plays elsewhere: check the picture
+        video = mg.decode_video(out)
+        assert video.errors == 0 and video.stamps == want.stamps
+    else:
+        check_export(out, want)
