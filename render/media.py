@@ -18,6 +18,10 @@ import numpy.typing as npt
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
+#: Leading pictures sit right after their random-access point in decode order, a handful
+#: at most (HEVC caps reordering at 16); searching further only costs time.
+LEADING_WINDOW = 64
+
 
 @dataclass(frozen=True)
 class VideoFormat:
@@ -60,6 +64,10 @@ class FrameIndex:
     #: Display range [lo, hi) of the frames the file presents. An edit list can hide
     #: frames before and after it; they stay in the index only as decode references.
     shown: tuple[int, int] | None = None
+    #: Samples a decoder may start at (a superset of ``rap``): also H.264 non-IDR I-frames
+    #: with a recovery point SEI (open GOP), whose trailing frames decode correctly but
+    #: which a copy may not start at. None: the same as ``rap``.
+    decode_start: BoolArray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.pts)
@@ -120,6 +128,12 @@ class FrameIndex:
         return np.flatnonzero(self.rap).astype(np.int64)
 
     @cached_property
+    def start_dec(self) -> IntArray:
+        """Decode indices a decoder may start at (random-access and recovery points)."""
+        starts = self.rap if self.decode_start is None else (self.decode_start | self.rap)
+        return np.flatnonzero(starts).astype(np.int64)
+
+    @cached_property
     def reorder_depth(self) -> int:
         """max(decode index - display index): how many frames the decoder holds back."""
         if self.count == 0:
@@ -149,10 +163,11 @@ class FrameIndex:
         """Decode indices of the leading pictures of the RAP at ``rap_dec``.
 
         Leading pictures follow the RAP in decode order but display before it; after a
-        splice they would reference frames that are not there.
+        splice they would reference frames that are not there. They come right after it in
+        decode order, so only a bounded window is searched.
         """
-        nxt = self.rap_dec[self.rap_dec > rap_dec]
-        stop = int(nxt[0]) if nxt.size else self.count
+        nxt = self.start_dec[self.start_dec > rap_dec]
+        stop = min(int(nxt[0]) if nxt.size else self.count, rap_dec + 1 + LEADING_WINDOW)
         after = np.arange(rap_dec + 1, stop, dtype=np.int64)
         leading: IntArray = after[self.pts[after] < self.pts[rap_dec]]
         return leading

@@ -49,6 +49,11 @@ FALLBACK_TIMESCALE = 90000
 #: Reorder delay of our own encoders: B-frames are capped at this many (see encode.py).
 ENCODER_MAX_BFRAMES = 2
 DEFAULT_MAX_PIECE_FRAMES = 1800
+#: A stretch re-encoded whole (a camera of another format, a segment with no copyable
+#: keyframe) is cut into pieces of at most this many frames, at source keyframes where
+#: possible: they encode in parallel, each bounded in time and memory, and join seamlessly
+#: since every piece starts with its own IDR. 8 s at 30 fps; 2 s GOPs give 4 per piece.
+MAX_ENCODE_FRAMES = 240
 
 
 @dataclass(frozen=True)
@@ -241,12 +246,12 @@ def plan_segment_pieces(
     raps_disp = index.disp_of_dec[index.rap_dec]
     after = np.flatnonzero((raps_disp >= first) & (raps_disp < stop))
     if after.size == 0:
-        return [_encode(index, segment, source, first, stop, disp_base, "short")]
+        return encode_chunks(index, segment, source, first, stop, disp_base, "short")
     r_first = int(index.rap_dec[after[0]])
     head_stop = int(index.disp_of_dec[r_first])
     copy_stop_dec, copy_stop_disp = _copy_extent(index, r_first, stop)
     if copy_stop_dec == r_first:
-        return [_encode(index, segment, source, first, stop, disp_base, "short")]
+        return encode_chunks(index, segment, source, first, stop, disp_base, "short")
     pieces: list[Piece] = []
     if head_stop > first:
         pieces.append(_encode(index, segment, source, first, head_stop, disp_base, "head"))
@@ -332,6 +337,29 @@ def _encode(
     return EncodePiece(segment, first + disp_base, stop + disp_base, (run,), reason)
 
 
+def encode_chunks(
+    index: FrameIndex, segment: int, source: int, first: int, stop: int, disp_base: int,
+    reason: str, max_frames: int = MAX_ENCODE_FRAMES,
+) -> list[Piece]:
+    """Display range [first, stop) re-encoded as pieces of at most ``max_frames``.
+
+    Each piece ends at the last decode-start point (a keyframe or recovery point) that
+    keeps it within the bound, so the next piece decodes from its own first frame and no
+    frame is decoded twice; a stretch without one is cut at the bound.
+    """
+    starts = np.sort(index.disp_of_dec[index.start_dec])
+    pieces: list[Piece] = []
+    a = first
+    while a < stop:
+        b = min(stop, a + max_frames)
+        if b < stop:
+            inside = starts[(starts > a) & (starts <= b)]
+            b = int(inside[-1]) if inside.size else b
+        pieces.append(_encode(index, segment, source, a, b, disp_base, reason))
+        a = b
+    return pieces
+
+
 def encode_run(index: FrameIndex, source: int, src_disp: IntArray) -> EncodeRun:
     """Where decoding must start and stop to produce the frames ``src_disp``.
 
@@ -341,7 +369,7 @@ def encode_run(index: FrameIndex, source: int, src_disp: IntArray) -> EncodeRun:
     needed_dec = index.dec_of_disp[src_disp]
     lo = int(needed_dec.min())
     hi = int(needed_dec.max()) + 1
-    cands = index.rap_dec[index.rap_dec <= lo][::-1]
+    cands = index.start_dec[index.start_dec <= lo][::-1]
     needed_disp_min = int(src_disp.min())
     for r in cands:
         r = int(r)
@@ -488,8 +516,8 @@ def _plan_copy(
                 max_piece_bytes=max_piece_bytes))
         else:
             disp_base = out_first - cut.first
-            pieces.append(_encode(index, cut.segment, cut.source, cut.first, cut.stop,
-                                  disp_base, "format"))
+            pieces.extend(encode_chunks(index, cut.segment, cut.source, cut.first, cut.stop,
+                                        disp_base, "format"))
         out_first += cut.frames
     last = cuts[-1]
     out_end = _round_ticks(last.out_start + last.duration, out_tb)

@@ -97,7 +97,7 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
     length_size = 4
     if codec in NAL_CODECS:
         length_size = _length_size(codec, bytes(cc.extradata or b""), name)
-    rap = _random_access_points(path, codec, track, length_size)
+    rap, decode_start = _random_access_points(path, codec, track, length_size)
     # The file's own presentation clock, as FFmpeg, ffprobe, a browser's <video> and the
     # editor's playhead read it: the first shown frame may sit after 0 (B-frame delay
     # without an edit list, an empty edit). Samples an edit list hides stay in the index
@@ -109,6 +109,7 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
         rap=rap,
         size=track.size.astype(np.int64),
         shown=_shown_range(track),
+        decode_start=decode_start,
     )
     pix_fmt = cc.format.name if cc.format is not None else "unknown"
     vformat = VideoFormat(codec, cc.width, cc.height, pix_fmt,
@@ -228,42 +229,72 @@ def _length_size(codec: str, extradata: bytes, name: str) -> int:
 
 def _random_access_points(
     path: Path, codec: str, track: mp4index.TrackTable, length_size: int
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(copy may start here, decoding may start here) per sample.
+
+    Only the container's sync samples are inspected, reading a few bytes of each NAL unit
+    (and the SEI units whole, which are small): an H.264 I-frame with a recovery point SEI
+    (an open-GOP camera) is where decoding can start without going back to the last IDR,
+    though a copy cannot.
+    """
     sync = np.asarray(track.sync, dtype=bool).copy()
     if codec not in NAL_CODECS:
-        return sync
+        return sync, None
     rap = np.zeros_like(sync)
+    start = np.zeros_like(sync)
     with path.open("rb", buffering=0) as fh:
         for i in np.flatnonzero(sync):
-            types = _nal_types(fh, int(track.offset[i]), int(track.size[i]), length_size, codec)
+            nals = _sample_nals(fh, int(track.offset[i]), int(track.size[i]), length_size, codec)
+            types = [t for t, _ in nals]
             rap[i] = _is_rap(codec, types)
-    return rap
+            start[i] = rap[i] or (codec == "h264" and _is_recovery_point(nals))
+    return rap, start
 
 
-def _nal_types(fh: BinaryIO, offset: int, size: int, length_size: int, codec: str) -> list[int]:
-    """NAL unit types of one sample, reading only each NAL's length and header."""
-    types: list[int] = []
+#: Bytes read of a non-SEI NAL unit: its header and the first fields of a slice header.
+_NAL_HEAD = 16
+_MAX_SEI = 4096
+
+
+def _sample_nals(fh: BinaryIO, offset: int, size: int, length_size: int,
+                 codec: str) -> list[tuple[int, bytes]]:
+    """(type, leading bytes) of each NAL unit of one sample, up to the first slice.
+
+    SEI units are read whole (up to 4 KiB), the others only as far as a slice header's
+    first fields.
+    """
+    found: list[tuple[int, bytes]] = []
     pos = 0
     while pos + length_size < size:
         fh.seek(offset + pos)
-        head = fh.read(length_size + 2)
+        head = fh.read(length_size + _NAL_HEAD)
         if len(head) < length_size + 1:
             break
         nal_len = int.from_bytes(head[:length_size], "big")
-        header = head[length_size:]
-        types.append(nal.nal_type_h264(header) if codec == "h264" else nal.nal_type_hevc(header))
-        if nal_len == 0:
-            break
+        body = head[length_size:length_size + nal_len]
+        kind = nal.nal_type_h264(body) if codec == "h264" else nal.nal_type_hevc(body)
+        if codec == "h264" and kind == nal.H264_SEI and nal_len > len(body):
+            fh.seek(offset + pos + length_size)
+            body = fh.read(min(nal_len, _MAX_SEI))
+        found.append((kind, body))
+        if nal_len == 0 or (codec == "h264" and 1 <= kind <= 5) or (codec == "hevc" and kind < 32):
+            break  # the first slice: nothing after it matters here
         pos += length_size + nal_len
-        if len(types) > 64:  # enough to have met the first slice
+        if len(found) > 64:
             break
-    return types
+    return found
 
 
 def _is_rap(codec: str, types: list[int]) -> bool:
     if codec == "h264":
         return 5 in types
     return any(16 <= t <= 21 for t in types)
+
+
+def _is_recovery_point(nals: list[tuple[int, bytes]]) -> bool:
+    """An intra picture whose recovery point SEI says every later frame decodes exactly."""
+    kind = nal.classify_sample("h264", b"".join(len(b).to_bytes(4, "big") + b for _, b in nals), 4)
+    return kind.intra is True and kind.recovery_frame_cnt == 0
 
 
 def _mean_bitrate(track: mp4index.TrackTable) -> int:

@@ -24,6 +24,7 @@ from render import timecode
 from render.config import parse_config
 from render.engine import Prepared, execute, prepare
 from render.errors import ConfigError
+from render.plan import EncodePiece
 from tests import mediagen as mg
 from tests.test_mp4index import IRREGULAR_TRACKS
 
@@ -47,6 +48,8 @@ CAMERAS: dict[str, mg.CameraSpec] = {
     # A phone held upright: landscape pixels and a display matrix (iPhones write -90).
     "phone.mp4": mg.CameraSpec(camera=2, seconds=4, rotation=270),
     "phone_flipped.mp4": mg.CameraSpec(camera=3, seconds=4, rotation=90),
+    # H.264 open GOP: one IDR, then I-frames with recovery points (no copy may start there).
+    "open_gop.mp4": mg.CameraSpec(camera=4, seconds=4, open_gop=True, gop=30),
 }
 
 
@@ -373,3 +376,25 @@ def test_a_track_the_export_does_not_use_cannot_refuse_the_file(
         assert video.errors == 0 and video.stamps == want.stamps
     else:
         check_export(out, want)
+
+
+def test_h264_open_gop_decodes_from_the_nearest_recovery_point(
+    cameras: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path,
+) -> None:
+    """Everything is re-encoded (no IDR after frame 0), each run decoding from a recovery
+    point near it, never from the file's start; cuts right after an I-frame need its
+    leading B-frames, which only decode from the recovery point before."""
+    root, media = cameras
+    segments = [("open_gop.mp4", 0.5, 1.3), ("plain.mp4", 1.3, 1.9),
+                ("open_gop.mp4", 1.95, 2.1), ("open_gop.mp4", 2.93, 3.9)]
+    prep, out = export(root, segments, tmp_path)
+    check_export(out, expect(media, segments))
+    og = next(i for i, s in prep.sources.items() if s.path.name == "open_gop.mp4")
+    index = prep.sources[og].video.index
+    assert index.rap_dec.tolist() == [0]
+    runs = [run for p in prep.plan.pieces if isinstance(p, EncodePiece) for run in p.runs
+            if run.source == og]
+    assert len(runs) == 3 and min(r.decode_from for r in runs[1:]) > 0
+    for run in runs:
+        wanted = int(index.dec_of_disp[run.src_disp].min())
+        assert wanted - run.decode_from <= 2 * 30  # within two GOPs, not the whole file
