@@ -31,6 +31,7 @@ from render.plan import (
     ENCODER_MAX_BFRAMES,
     END_TOLERANCE,
     FALLBACK_TIMESCALE,
+    MAX_ENCODE_FRAMES,
     TIME_EPSILON,
     CopyPiece,
     EncodePiece,
@@ -1294,3 +1295,23 @@ def test_unknown_fields_become_warnings_with_the_closest_name() -> None:
         "segments[2].audioFromSorce is not a known field and was ignored; did you mean "
         "'audioFromSource'?",
     ]
+
+
+def test_a_long_re_encode_is_cut_into_bounded_chunks_at_keyframes() -> None:
+    """A 37 s segment from a camera of another format: parallel pieces, each starting on
+    a keyframe of the source so no frame is decoded twice."""
+    a, b = closed(40, 30), closed(40, 30)
+    end = float(b.end) - 1.0
+    cfg = parse_config(make_config([(0, 0.0, 1.0), (1, 0.5, end)], 2))
+    other = VideoFormat("hevc", 1920, 1080, "yuv420p")
+    plan = build_plan(cfg, [planned(a), PlannedSource(b.index, other, True)])
+    chunks = [p for p in plan.pieces if isinstance(p, EncodePiece) and p.reason == "format"]
+    assert len(chunks) >= math.ceil(len(range(*select_frames(
+        b.index, Fraction(1, 2), Fraction(end)))) / MAX_ENCODE_FRAMES)
+    assert all(p.frames <= MAX_ENCODE_FRAMES for p in chunks)
+    assert all(x.out_stop == y.out_first for x, y in itertools.pairwise(chunks))
+    for p in chunks[1:]:
+        (run,) = p.runs
+        assert run.decode_from == int(b.index.dec_of_disp[run.src_disp[0]])
+    check_coverage(plan, [a, b])
+    check_encode_pieces(plan, [a, b])
