@@ -119,6 +119,34 @@ def test_job_runs_pieces_on_the_nodes_holding_their_sources(nodes: Nodes, media_
         shutdown_actors(client)
 
 
+def test_an_obs_recording_on_one_volume_runs_on_its_node(nodes: Nodes, media_root: Media,
+                                                         tmp_path: Path) -> None:
+    """Matroska (OBS) is probed, planned and copied on the node holding it."""
+    disk_a, shared = tmp_path / "disk-a", tmp_path / "shared"
+    link_sources(media_root.root, disk_a, ["obs.mkv"])
+    link_sources(media_root.root, shared, ["h264_a.mp4"])
+    client = connect((MediaRoot(shared), MediaRoot(disk_a, "disk-a")))
+    try:
+        files = ["obs.mkv", "h264_a.mp4"]
+        cfg = config("export-obs", files, [(0, 0.5, 2.6), (1, 2.6, 3.9)])
+        client.submit_sync(cfg)
+        done = wait_terminal(client, "export-obs")
+        assert done.status == JobState.COMPLETED, done.error
+        prep = client.plan_sync(cfg)
+        assert prep.plan.copy_bytes > 0
+        for p in client.pieces_sync("export-obs"):
+            if p.kind == "copy" and getattr(prep.plan.pieces[p.index], "source", None) == 0:
+                assert p.node_id == nodes.a
+        out = shared / "exports" / "export-obs" / "output.mp4"
+        decoded = mg.decode_video(out)
+        assert decoded.errors == 0
+        cuts = [(c.source, c.first, c.stop) for c in prep.plan.cuts]
+        assert decoded.stamps == expected(media_root, files, cuts)
+        assert [(s, a) for s, a, _ in cuts] == [(0, 15), (1, 78)]
+    finally:
+        shutdown_actors(client)
+
+
 def test_submit_is_idempotent_and_conflicts_are_refused(nodes: Nodes, media_root: Media) -> None:
     client = connect((MediaRoot(media_root.root),))
     try:
