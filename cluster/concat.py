@@ -103,6 +103,7 @@ class ConcatActor:
                 audio = (apath, prep.audio)
             assemble(prep.plan, prep.sources, _RefPieces(list(refs), work), audio, out,
                      container_format=prep.container_format, timecode=prep.timecode,
+                     params=prep.params,
                      on_bytes=lambda n: report.add(bytes_=n))
         report.flush()
         return out.stat().st_size

@@ -9,9 +9,10 @@ frames beside it. In transcode mode every piece is a GOP-aligned chunk encoded w
 of settings, so chunks join without a seam.
 
 Packets leave here as the encoder made them (Annex-B for H.264/HEVC) with the encoder's
-Annex-B parameter sets as the piece's record: the mov muxer converts packets according to the
-record in force, so Annex-B pieces and length-prefixed camera samples share one track as long
-as each piece's first packet announces its own record (see mux.py).
+Annex-B parameter sets as the piece's record; the muxer puts them in the track's form
+(render/bitstream.py). Those sets join the cameras' in the output's one sample description,
+so each needs an id of its own: x264 is told one at plan time (``sps-id``), and
+:func:`header_record` tells the planner what sets a piece will carry before it is encoded.
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ class EncoderSettings:
     threads: int = 0
     #: Display rotation of the output track: frames are encoded turned for it.
     rotation: int = 0
+    #: x264's id for its SPS and PPS (``sps-id``), chosen so that our sets can share the
+    #: output's one sample description with the cameras' (render/bitstream.py). None: 0.
+    sps_id: int | None = None
+    #: Frames per second, for the encoder's level and rate control only (timestamps come
+    #: from the plan): without it x264 reads the output's fine time base as the frame rate
+    #: and declares level 6.0, which hardware decoders may refuse.
+    rate: Fraction | None = None
 
     @property
     def encoder(self) -> str:
@@ -100,6 +108,7 @@ def matched_settings(src: SourceInfo, *, crf: int | None = None, preset: str = "
         colorspace=v.colorspace,
         color_range=v.color_range,
         rotation=v.format.rotation,
+        rate=v.index.frame_rate,
     )
 
 
@@ -111,7 +120,7 @@ def transcode_settings(codec: str, fmt: VideoFormat, fps: Fraction, *,
     return EncoderSettings(
         codec=codec, width=fmt.width, height=fmt.height, pix_fmt=pix_fmt,
         bframes=ENCODER_MAX_BFRAMES, crf=crf if crf is not None else default_crf,
-        preset=preset, gop=max(1, round(fps * 2)),
+        preset=preset, gop=max(1, round(fps * 2)), rate=fps,
     )
 
 
@@ -129,6 +138,8 @@ def open_encoder(s: EncoderSettings, time_base: Fraction, frames: int) -> av.Vid
     ctx.color_range = s.color_range
     if s.sample_aspect_ratio:
         ctx.sample_aspect_ratio = s.sample_aspect_ratio
+    if s.rate:
+        ctx.framerate = s.rate
     keyint = s.gop or max(frames, 1)
     bframes = s.bframes if frames > 2 else 0
     ctx.thread_count = s.threads
@@ -140,6 +151,8 @@ def open_encoder(s: EncoderSettings, time_base: Fraction, frames: int) -> av.Vid
         opts.update(crf=str(s.crf), preset=s.preset)
         key, fixed = _X26X_PARAMS[s.codec]
         opts[key] = f"keyint={keyint}:min-keyint={keyint}:bframes={bframes}:{fixed}"
+        if s.sps_id is not None and s.codec == "h264":
+            opts[key] += f":sps-id={s.sps_id}"
     else:  # vp9
         ctx.gop_size = keyint
         opts.update({"crf": str(s.crf), "b": "0", "deadline": "good", "cpu-used": "4",
@@ -150,6 +163,13 @@ def open_encoder(s: EncoderSettings, time_base: Fraction, frames: int) -> av.Vid
     except av.error.FFmpegError as exc:
         raise OutputError(f"cannot start the {s.encoder} encoder: {exc}") from exc
     return ctx
+
+
+def header_record(s: EncoderSettings, time_base: Fraction, frames: int) -> bytes:
+    """The parameter sets (Annex-B extradata) a piece of ``frames`` frames encoded with
+    ``s`` will carry: x264 and x265 write them when opened, before any frame."""
+    ctx = open_encoder(replace(s, threads=1), time_base, frames)
+    return bytes(ctx.extradata or b"")
 
 
 def piece_header(s: EncoderSettings, time_base: Fraction) -> PieceHeader:

@@ -20,10 +20,12 @@ from pathlib import Path
 
 from . import timecode
 from .audio import AudioTarget, choose_target, layout_warnings, render_audio
+from .bitstream import TrackParams, fallback_warning, prepare_track
 from .config import ExportConfig
 from .encode import (
     EncoderSettings,
     encode_piece,
+    header_record,
     matched_settings,
     transcode_settings,
     with_threads,
@@ -64,6 +66,9 @@ class Prepared:
     warnings: tuple[str, ...] = ()
     #: SMPTE timecode of the export's first frame, when its source has one.
     timecode: str | None = None
+    #: How the video track carries its parameter sets (render/bitstream.py); None: VP9,
+    #: or planned by the muxer from the encoded pieces.
+    params: TrackParams | None = None
 
 
 @dataclass
@@ -209,11 +214,24 @@ def prepare_with(config: ExportConfig, sources: dict[int, SourceInfo], *,
     used = list(dict.fromkeys(a.source for a in plan.audio if a.source is not None))
     audio = (choose_target(container_format, [sources[i] for i in used] or
                            list(sources.values())) if plan.audio else None)
-    warnings = _turn_warnings(plan, sources)
+    params, settings = _parameter_sets(plan, sources, settings, container_format)
+    warnings = _turn_warnings(plan, sources) + fallback_warning(params)
     if audio is not None:
         warnings += layout_warnings(audio, sources, used)
     return Prepared(config, sources, plan, settings, audio, container_format, tuple(warnings),
-                    _start_timecode(plan, sources))
+                    _start_timecode(plan, sources), params)
+
+
+def _parameter_sets(plan: Plan, sources: Mapping[int, SourceInfo],
+                    settings: dict[int, EncoderSettings], container_format: str,
+                    ) -> tuple[TrackParams | None, dict[int, EncoderSettings]]:
+    """Number every parameter set of the export for the one sample description; x264
+    pieces are told which ids to use."""
+    if container_format != "mp4":
+        return None, settings
+    tb = plan.out_time_base
+    return prepare_track(plan, sources, settings,
+                         lambda s, frames: header_record(s, tb, frames))
 
 
 def _start_timecode(plan: Plan, sources: Mapping[int, SourceInfo]) -> str | None:
@@ -311,7 +329,8 @@ def execute(
         tracker.stage("assembling", "Writing the output file")
         assemble(plan, prep.sources, LocalPieces(encoded), audio, out_path,
                  container_format=prep.container_format, timecode=prep.timecode,
-                 on_bytes=lambda n: tracker.add(bytes_=n), check_cancel=check_cancel)
+                 params=prep.params, on_bytes=lambda n: tracker.add(bytes_=n),
+                 check_cancel=check_cancel)
         tracker.stage("done", "Export complete")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

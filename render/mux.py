@@ -4,9 +4,10 @@ Video samples keep their bytes (copied or re-encoded) and get new timestamps: pt
 plan's output grid, dts from the same grid shifted by one global reorder delay, so DTS are
 uniform and never bumped to dodge a collision (the stutter seen in other smart cutters).
 
-The track has one sample description; every keyframe carries the parameter sets of the
-piece it belongs to in-band (bitstream.py says why: Chrome cannot play a track with several
-descriptions). Packets are converted to the track's one sample format on the way.
+The track has one sample description whose record holds every parameter set of the export,
+each under its own id; samples carry none in-band and their slices name the record's ids
+(bitstream.py says why and how; where that is impossible, every keyframe carries its piece's
+sets in-band instead). Packets are converted to the track's one sample format on the way.
 
 The index goes at the front in one pass (``moov_size`` reserves room); if the reservation
 proves too small the muxer says so at close and the file is written again with faststart.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,7 +29,15 @@ import av
 import numpy as np
 
 from .audio import AudioTarget
-from .bitstream import SampleFormat, convert, parameter_sets
+from .bitstream import (
+    Conformer,
+    ParameterSetSurprise,
+    SampleFormat,
+    TrackParams,
+    convert,
+    mux_time_track,
+    parameter_sets,
+)
 from .decode import read_sample
 from .errors import OutputError
 from .media import SourceInfo
@@ -41,6 +51,7 @@ MOOV_PER_SAMPLE = 64  # FFmpeg writes 12-40; a too-small reservation costs a who
 MOOV_BASE = 16384
 #: Parameter sets of our encoders (x265's with its info SEI off is well under this).
 MAX_ENCODER_RECORD = 4096
+log = logging.getLogger("cutfarm.mux")
 _TAGS = {"h264": "avc1", "hevc": "hvc1"}
 NAL_CODECS = frozenset(_TAGS)
 
@@ -52,6 +63,7 @@ class VideoPacket:
     is_keyframe: bool
     record: bytes  # parameter-set record of the piece (avcC/hvcC/Annex-B; b"" for VP9)
     fmt: SampleFormat | None  # how ``data`` is framed (None: not a NAL codec)
+    piece: int = -1  # index of the plan piece it belongs to
 
 
 def estimate_moov(plan: Plan, audio_packets: int, records: int, record_bytes: int) -> int:
@@ -137,18 +149,19 @@ def video_packets(
                     if on_bytes is not None:
                         on_bytes(len(data))
                     yield VideoPacket(data, int(index.disp_of_dec[d]) + piece.disp_base,
-                                      bool(index.rap[d]), src.video.record_of(d), fmt)
+                                      bool(index.rap[d]), src.video.record_of(d), fmt, i)
                     if check_cancel is not None and n % 256 == 255:
                         check_cancel()
             else:
-                yield from _encoded_packets(plan, piece, pieces.encoded(i))
+                yield from _encoded_packets(plan, piece, pieces.encoded(i), i)
                 pieces.release(i)
     finally:
         for fh in handles.values():
             fh.close()
 
 
-def _encoded_packets(plan: Plan, piece: EncodePiece, path: Path) -> Iterator[VideoPacket]:
+def _encoded_packets(plan: Plan, piece: EncodePiece, path: Path,
+                     index: int = -1) -> Iterator[VideoPacket]:
     header = read_header(path)
     if header.time_base != plan.out_time_base:
         raise OutputError(f"piece {path.name} has time base {header.time_base}, "
@@ -162,7 +175,7 @@ def _encoded_packets(plan: Plan, piece: EncodePiece, path: Path) -> Iterator[Vid
         k = int(np.searchsorted(grid, p.pts))
         if k >= len(grid) or int(grid[k]) != p.pts:
             raise OutputError(f"piece {path.name} holds a frame at {p.pts} that is not planned")
-        yield VideoPacket(p.data, lo + k, p.is_keyframe, record, fmt)
+        yield VideoPacket(p.data, lo + k, p.is_keyframe, record, fmt, index)
         count += 1
     if count != hi - lo:
         raise OutputError(f"piece {path.name} holds {count} frames, {hi - lo} were planned")
@@ -177,23 +190,40 @@ def assemble(
     *,
     container_format: str = "mp4",
     timecode: str | None = None,
+    params: TrackParams | None = None,
     on_bytes: Callable[[int], None] | None = None,
     check_cancel: Callable[[], None] | None = None,
 ) -> None:
     """Write the output at ``out_path`` atomically (``.partial`` then rename).
 
     ``timecode``: the first frame's SMPTE label, written as a ``tmcd`` track (MP4 only).
+    ``params``: the parameter-set plan made with the export's plan (``Prepared.params``);
+    without one it is made here, from the pieces once they are all encoded.
     """
     tmp = out_path.with_name(f".{out_path.name}.partial")
     if container_format != "mp4":
         timecode = None
+        params = None
+    elif params is None:
+        params = _plan_parameter_sets(plan, sources, pieces)
+
+    def write(reserve: bool, progress: Callable[[int], None] | None) -> None:
+        nonlocal params
+        try:
+            _write(plan, sources, pieces, audio, tmp, container_format, progress, check_cancel,
+                   reserve=reserve, timecode=timecode, params=params)
+        except ParameterSetSurprise as exc:
+            assert params is not None
+            log.warning("%s: %s; writing the parameter sets in-band instead", out_path.name, exc)
+            params = TrackParams(params.codec, fallback=str(exc))
+            _write(plan, sources, pieces, audio, tmp, container_format, None, check_cancel,
+                   reserve=reserve, timecode=timecode, params=params)
+
     try:
         try:
-            _write(plan, sources, pieces, audio, tmp, container_format, on_bytes, check_cancel,
-                   reserve=True, timecode=timecode)
+            write(True, on_bytes)
         except _ReservationTooSmall:
-            _write(plan, sources, pieces, audio, tmp, container_format, None, check_cancel,
-                   reserve=False, timecode=timecode)
+            write(False, None)
         tmp.replace(out_path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -216,15 +246,17 @@ def _write(
     *,
     reserve: bool,
     timecode: str | None = None,
+    params: TrackParams | None = None,
 ) -> None:
-    options = _options(plan, sources, audio, container_format, reserve)
+    options = _options(plan, sources, audio, container_format, reserve, params)
     try:
         out = av.open(str(path), "w", format=container_format, options=options)
     except (OSError, av.error.FFmpegError) as exc:
         raise OutputError(f"cannot create the output file: {exc}") from exc
     templates: list[av.container.InputContainer] = []
     try:
-        vstream, track = _video_stream(out, plan, sources, pieces, templates, container_format)
+        vstream, track = _video_stream(out, plan, sources, pieces, templates, container_format,
+                                       params)
         if timecode:
             vstream.metadata["timecode"] = timecode  # the mov muxer adds a tmcd track for it
         audio_out = _AudioOut(out, audio) if audio else None
@@ -271,7 +303,7 @@ def _write(
 
 def _options(plan: Plan, sources: Mapping[int, SourceInfo],
              audio: tuple[Path, AudioTarget] | None, container_format: str,
-             reserve: bool) -> dict[str, str]:
+             reserve: bool, params: TrackParams | None = None) -> dict[str, str]:
     if container_format != "mp4":
         return {}
     timescale = str(plan.out_time_base.denominator)
@@ -282,7 +314,7 @@ def _options(plan: Plan, sources: Mapping[int, SourceInfo],
         return options
     # ~1 packet per 1024 samples (AAC) or 960 (Opus): estimate, with margin, from duration.
     audio_count = int(plan.duration * audio[1].sample_rate / 900) + 16 if audio else 0
-    size = estimate_moov(plan, audio_count, 1, _record_bound(plan, sources))
+    size = estimate_moov(plan, audio_count, 1, _record_bound(plan, sources, params))
     options["moov_size"] = str(size)
     return options
 
@@ -322,28 +354,58 @@ def _dts(plan: Plan, i: int) -> int:
     k = i - plan.reorder_delay
     if k >= 0:
         return int(plan.out_pts[k])
-    return int(plan.out_pts[0]) + k * plan.frame_duration(0)
+    return int(plan.out_pts[0]) + k * _lead_step(plan)
 
 
-def _record_bound(plan: Plan, sources: Mapping[int, SourceInfo]) -> int:
-    """Upper bound on the bytes of the track's one record, known before any piece exists."""
+def _lead_step(plan: Plan) -> int:
+    """Spacing of the dts before the first pts: at least any of the last frames' durations.
+
+    The track's decode span (last dts + its duration - first dts) must cover the shown
+    span, or FFmpeg reports the track shorter than its last frame; with uneven durations
+    (Matroska's millisecond grid) one frame's duration is not always enough.
+    """
+    n, d = plan.frame_count, plan.reorder_delay
+    return max(plan.frame_duration(j) for j in {0, *range(max(0, n - 1 - d), n)})
+
+
+def _record_bound(plan: Plan, sources: Mapping[int, SourceInfo],
+                  params: TrackParams | None = None) -> int:
+    """Upper bound on the bytes of the track's one record, known before any piece exists:
+    exact when the parameter-set plan built it, else the largest record that may head it."""
+    if params is not None and params.conformant:
+        return len(params.record)
     used = {p.source for p in plan.pieces if isinstance(p, CopyPiece)}
     recs = [r for i in used for r in (sources[i].video.records or (sources[i].video.extradata,))]
     return max([MAX_ENCODER_RECORD, *map(len, recs)])
 
 
-class _Track:
-    """The output track's record and sample format; converts each packet into it."""
+def _plan_parameter_sets(plan: Plan, sources: Mapping[int, SourceInfo],
+                         pieces: PieceSource) -> TrackParams | None:
+    """The parameter-set plan from the encoded pieces themselves (waits for all of them)."""
+    records = {i: read_header(pieces.encoded(i)).extradata
+               for i, p in enumerate(plan.pieces) if isinstance(p, EncodePiece)}
+    return mux_time_track(plan, sources, records)
 
-    def __init__(self, codec: str, record: bytes) -> None:
+
+class _Track:
+    """The output track's record and sample format; converts each packet into it.
+
+    Conformant plan: the record holds every set and packets go through a Conformer. Else
+    (and for the in-band fallback) every keyframe gets its piece's sets in-band.
+    """
+
+    def __init__(self, codec: str, record: bytes, params: TrackParams | None = None) -> None:
         self.codec = codec
         self.record = record
         self.fmt = SampleFormat.of(codec, record) if codec in NAL_CODECS and record else None
         self._params: dict[bytes, list[bytes]] = {}
+        self._conformer = Conformer(params) if params is not None and params.conformant else None
 
     def packet_data(self, vp: VideoPacket) -> bytes:
         if self.fmt is None or vp.fmt is None:
             return vp.data
+        if self._conformer is not None:
+            return self._conformer.packet(vp.data, vp.fmt, vp.record, vp.piece)
         params = None
         if vp.is_keyframe:
             params = self._params.get(vp.record)
@@ -359,6 +421,7 @@ def _video_stream(
     pieces: PieceSource,
     templates: list[av.container.InputContainer],
     container_format: str,
+    params: TrackParams | None = None,
 ) -> tuple[av.VideoStream, _Track]:
     fmt = plan.out_format
     if container_format != "mp4":
@@ -372,14 +435,16 @@ def _video_stream(
     template_src = next((sources[p.source] for p in plan.pieces if isinstance(p, CopyPiece)),
                         None)
     synthetic = template_src is None or template_src.video.format != fmt
+    # Conformant: one record with every set of the export, each under its own id.
+    planned = params.record if params is not None and params.conformant else None
     if not synthetic:
         assert template_src is not None
         # A camera's record heads the track, so its length size frames every packet.
-        record = template_src.video.record_of(0)
+        record = planned or template_src.video.record_of(0)
         inp = av.open(str(template_src.path), metadata_errors="ignore")
     else:
         # No copied GOP to take a record from: every piece is ours, the first heads it.
-        record = read_header(pieces.encoded(0)).extradata
+        record = planned or read_header(pieces.encoded(0)).extradata
         inp = av.open(_template_file(fmt.codec, record, fmt.width, fmt.height), "r",
                       format="mp4")
     templates.append(inp)
@@ -390,7 +455,7 @@ def _video_stream(
     st.codec_context.extradata = record
     st.time_base = plan.out_time_base
     st.codec_tag = _TAGS.get(fmt.codec, st.codec_tag or "")
-    return st, _Track(fmt.codec, record)
+    return st, _Track(fmt.codec, record, params)
 
 
 def _rate(plan: Plan) -> Fraction:

@@ -27,6 +27,7 @@ from render.errors import ConfigError
 from render.plan import EncodePiece
 from tests import mediagen as mg
 from tests.test_mp4index import IRREGULAR_TRACKS
+from tests.verify import check_parameter_sets
 
 EPS = Fraction(1, 1_000_000)
 #: Clicks this close to a cut are not looked for: the cut may fall inside one.
@@ -107,6 +108,10 @@ def export(root: Path, segments: Sequence[tuple[str, float, float]], tmp_path: P
     prep = prepare(parse_config(cfg), [root])
     out = tmp_path / "out.mp4"
     execute(prep, out)
+    if not prep.plan.transcode or prep.plan.out_format.codec in ("h264", "hevc"):
+        # Every parameter set in the one sample description, checked with FFmpeg's
+        # trace_headers and pymp4 (tests/verify.py).
+        check_parameter_sets(out, prep.plan.out_format.codec)
     return prep, out
 
 

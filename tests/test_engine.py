@@ -33,6 +33,7 @@ from tests.verify import (
     check_audio_sync,
     check_copied_bytes,
     check_frames,
+    check_parameter_sets,
     check_timestamps,
     expected_stamps,
 )
@@ -70,6 +71,9 @@ def full_check(media: MediaRoot, files: list[str], prep: Prepared, out: Path) ->
     # One sample description: browsers (Chrome) cannot play a track with several.
     video = next(t for t in read_sample_tables(out) if t.handler == "vide")
     assert len(video.sample_entries) == 1
+    # ... and it holds every parameter set, as ISO/IEC 14496-15 and Apple's players want.
+    assert prep.params is not None and prep.params.conformant, prep.warnings
+    check_parameter_sets(out, prep.plan.out_format.codec)
     check_frames(out, expected_stamps(prep, cams(media, files)))
     assert check_copied_bytes(out, prep) > 0
     check_timestamps(out, prep)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import av
+import av.logging
 
 from render import nal
+from render.bitstream import SampleFormat, split
 from render.engine import Prepared
 from render.plan import CopyPiece
 from tests import mediagen as mg
@@ -50,11 +55,13 @@ def check_frames(path: Path, expected: list[tuple[int, int]]) -> mg.DecodedVideo
 
 
 def check_copied_bytes(path: Path, prep: Prepared) -> int:
-    """Every copied sample is bit-identical to its source sample; returns how many.
+    """Every copied sample is its camera sample; returns how many were checked.
 
-    Keyframes may carry the parameter sets in-band ahead of the camera's own NAL units
-    (render/bitstream.py); those are checked to be exactly parameter sets, and the rest of
-    the sample must be the camera's bytes unchanged.
+    What the muxer may change (render/bitstream.py): parameter sets leave the samples (they
+    are in the sample description, or in-band at keyframes in the fallback), and where the
+    camera's PPS got another id each slice names the new one. Such a slice is checked with
+    FFmpeg's own reading of both headers (trace_headers): every field but the PPS id is
+    the camera's, and the slice data after the header is bit for bit the camera's.
     """
     expected: list[tuple[int, int] | None] = []
     for piece in prep.plan.pieces:
@@ -63,22 +70,26 @@ def check_copied_bytes(path: Path, prep: Prepared) -> int:
             expected.extend((piece.source, int(d)) for d in piece.samples(idx))
         else:
             expected.extend([None] * piece.frames)
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        out_fmt = SampleFormat.of(prep.plan.out_format.codec,
+                                  bytes(stream.codec_context.extradata or b""))
+        packets = [bytes(p) for p in c.demux(stream) if p.size]
+    assert len(packets) == len(expected)
+    traces = _LazyTraces(path)
     checked = 0
     handles = {i: s.path.open("rb") for i, s in prep.sources.items()}
     try:
-        with av.open(str(path)) as c:
-            packets = [bytes(p) for p in c.demux(c.streams.video[0]) if p.size]
-        assert len(packets) == len(expected)
-        for data, exp in zip(packets, expected, strict=True):
+        for k, (data, exp) in enumerate(zip(packets, expected, strict=True)):
             if exp is None:
                 continue
             src = prep.sources[exp[0]]
             fh = handles[exp[0]]
             fh.seek(int(src.video.offset[exp[1]]))
             original = fh.read(int(src.video.index.size[exp[1]]))
-            assert data.endswith(original), f"sample {exp} differs"
-            _only_parameter_sets(data[:len(data) - len(original)], src.video.format.codec,
-                                 src.video.nal_length_size)
+            src_fmt = SampleFormat(src.video.format.codec, src.video.nal_length_size)
+            _same_sample(data, out_fmt, original, src_fmt,
+                         partial(traces.pair, k, src.path, exp[1]))
             checked += 1
     finally:
         for fh in handles.values():
@@ -86,11 +97,294 @@ def check_copied_bytes(path: Path, prep: Prepared) -> int:
     return checked
 
 
-def _only_parameter_sets(prefix: bytes, codec: str, length_size: int) -> None:
-    types = {"h264": {7, 8}, "hevc": {32, 33, 34}}[codec]
-    for unit in nal.split_nals(prefix, length_size) if prefix else []:
-        kind = nal.nal_type_h264(unit) if codec == "h264" else nal.nal_type_hevc(unit)
-        assert kind in types, f"a copied sample gained a NAL unit of type {kind}"
+_SET_TYPES = {"h264": {7, 8}, "hevc": {32, 33, 34}}
+_SLICE_PPS = {"h264": "pic_parameter_set_id", "hevc": "slice_pic_parameter_set_id"}
+_ALIGNMENT = {"cabac_alignment_one_bit", "alignment_bit_equal_to_one",
+              "alignment_bit_equal_to_zero"}
+
+
+def _kind(codec: str, unit: bytes) -> int:
+    return nal.nal_type_h264(unit) if codec == "h264" else nal.nal_type_hevc(unit)
+
+
+def _is_slice(codec: str, kind: int) -> bool:
+    return 1 <= kind <= 5 if codec == "h264" else kind < 32
+
+
+def _same_sample(data: bytes, out_fmt: SampleFormat, original: bytes, src_fmt: SampleFormat,
+                 traced: Callable[[], tuple[list[TracedUnit], list[TracedUnit]]]) -> None:
+    codec = src_fmt.codec
+    out_units = [u for u in split(data, out_fmt) if _kind(codec, u) not in _SET_TYPES[codec]]
+    src_units = [u for u in split(original, src_fmt)
+                 if _kind(codec, u) not in _SET_TYPES[codec]]
+    assert [_kind(codec, u) for u in out_units] == [_kind(codec, u) for u in src_units]
+    changed = [i for i, (a, b) in enumerate(zip(out_units, src_units, strict=True)) if a != b]
+    if not changed:
+        return
+    assert all(_is_slice(codec, _kind(codec, src_units[i])) for i in changed), (
+        "a copied sample's non-slice NAL unit changed")
+    out_trace, src_trace = traced()
+    out_slices = [u for u in out_trace if u.is_slice]
+    src_slices = [u for u in src_trace if u.is_slice]
+    slices = [i for i, u in enumerate(src_units) if _is_slice(codec, _kind(codec, u))]
+    assert len(out_slices) == len(src_slices) == len(slices)
+    for n, i in enumerate(slices):
+        if i in changed:
+            _same_slice_but_pps_id(codec, out_units[i], out_slices[n], src_units[i],
+                                   src_slices[n])
+
+
+def _same_slice_but_pps_id(codec: str, out: bytes, out_hdr: TracedUnit, src: bytes,
+                           src_hdr: TracedUnit) -> None:
+    skip = _ALIGNMENT | {_SLICE_PPS[codec]}
+    assert out_hdr.values(skip) == src_hdr.values(skip), "a slice header field changed"
+    assert out_hdr.value(_SLICE_PPS[codec]) != src_hdr.value(_SLICE_PPS[codec])
+    assert _tail(codec, out, out_hdr.end) == _tail(codec, src, src_hdr.end), (
+        "slice data changed")
+
+
+def _tail(codec: str, unit: bytes, start: int) -> tuple[int, int]:
+    """The RBSP bits from ``start`` up to its last 1 (the stop bit), as (bits, count)."""
+    head = 1 if codec == "h264" else 2
+    rbsp = unit[:head] + unit[head:].replace(b"\x00\x00\x03", b"\x00\x00")
+    bits = int.from_bytes(rbsp, "big") & ((1 << (8 * len(rbsp) - start)) - 1)
+    zeros = (bits & -bits).bit_length() - 1
+    return bits >> zeros, 8 * len(rbsp) - start - zeros
+
+
+# ----------------------------------------------------------- tools we did not write
+
+_ELEMENT = re.compile(r"^(\d+)\s+(\S+)\s+([01]+) = (-?\d+)$")
+_SET_TITLES = {"Video Parameter Set": "vps", "Sequence Parameter Set": "sps",
+               "Picture Parameter Set": "pps"}
+_SLICE_TITLES = {"Slice Header", "Slice Segment Header"}
+#: Where FFmpeg's trace names each set's own id and the id of the set it refers to.
+_ID_FIELDS = {
+    ("h264", "sps"): ("seq_parameter_set_id", None),
+    ("h264", "pps"): ("pic_parameter_set_id", ("sps", "seq_parameter_set_id")),
+    ("hevc", "vps"): ("vps_video_parameter_set_id", None),
+    ("hevc", "sps"): ("sps_seq_parameter_set_id", ("vps", "sps_video_parameter_set_id")),
+    ("hevc", "pps"): ("pps_pic_parameter_set_id", ("sps", "pps_seq_parameter_set_id")),
+}
+
+
+@dataclass
+class TracedUnit:
+    """One NAL unit as FFmpeg's trace_headers bitstream filter prints it."""
+
+    title: str
+    fields: list[tuple[int, str, str, int]]  # (bit position, name, bits, value)
+
+    def value(self, name: str) -> int:
+        return next(v for _, n, _, v in self.fields if n == name)
+
+    def values(self, skip: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, int]]:
+        return [(n, v) for _, n, _, v in self.fields if n not in skip]
+
+    @property
+    def end(self) -> int:
+        pos, _, bits, _ = self.fields[-1]
+        return pos + len(bits)
+
+    @property
+    def set_kind(self) -> str | None:
+        return _SET_TITLES.get(self.title)
+
+    @property
+    def is_slice(self) -> bool:
+        return self.title in _SLICE_TITLES
+
+
+@dataclass
+class Trace:
+    extradata: list[TracedUnit]
+    packets: list[list[TracedUnit]]
+
+
+def ffmpeg_trace(path: Path) -> Trace:
+    """FFmpeg's reading of every header of a file's video: its trace_headers bitstream
+    filter parses the sample description's record and each packet with FFmpeg's own
+    coded-bitstream code and logs every syntax element, which this collects."""
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.INFO)
+    try:
+        with av.logging.Capture(True) as logs, av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            bsf = av.bitstream.BitStreamFilterContext("trace_headers", stream)
+            for packet in c.demux(stream):
+                if packet.size:
+                    bsf.filter(packet)
+    finally:
+        av.logging.set_level(level)
+    return _parse_trace(m for lvl, name, m in logs if name == "trace_headers")
+
+
+def _parse_trace(lines: Iterable[str]) -> Trace:
+    trace = Trace([], [])
+    target = trace.extradata
+    title = ""
+    unit: TracedUnit | None = None
+    for raw in lines:
+        line = raw.strip()
+        if line.startswith("Packet:"):
+            target = []
+            trace.packets.append(target)
+            continue
+        m = _ELEMENT.match(line)
+        if m is None:
+            title = line
+            continue
+        pos, name = int(m[1]), m[2]
+        if name == "forbidden_zero_bit" and pos == 0:
+            unit = TracedUnit(title, [])
+            target.append(unit)
+        assert unit is not None
+        unit.fields.append((pos, name, m[3], int(m[4])))
+    return trace
+
+
+class _LazyTraces:
+    """FFmpeg traces of the output and of each source, made when first needed."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = output
+        self._traces: dict[Path, Trace] = {}
+
+    def _get(self, path: Path) -> Trace:
+        if path not in self._traces:
+            self._traces[path] = ffmpeg_trace(path)
+        return self._traces[path]
+
+    def pair(self, k: int, path: Path, dec: int) -> tuple[list[TracedUnit], list[TracedUnit]]:
+        """Output packet ``k`` and sample ``dec`` of the source at ``path``."""
+        return self._get(self.path).packets[k], self._get(path).packets[dec]
+
+
+def traced_sets(codec: str, units: Iterable[TracedUnit]) -> dict[str, dict[int, TracedUnit]]:
+    """kind -> id -> set; two different sets under one id fail."""
+    sets: dict[str, dict[int, TracedUnit]] = {"vps": {}, "sps": {}, "pps": {}}
+    for u in units:
+        kind = u.set_kind
+        if kind is None:
+            continue
+        own = u.value(_ID_FIELDS[(codec, kind)][0])
+        seen = sets[kind].setdefault(own, u)
+        assert seen.values() == u.values(), f"two different {kind.upper()}s with id {own}"
+    return sets
+
+
+@dataclass
+class SampleEntry:
+    """The video sample description as an independent parser (pymp4) reads it."""
+
+    count: int  # sample descriptions in the track's stsd
+    format: bytes
+    profile: int
+    compatibility: int
+    level: int
+    arrays: dict[int, tuple[bool | None, list[bytes]]]  # NAL type -> (complete, units)
+
+
+def sample_entry(path: Path) -> SampleEntry:
+    """stsd of the first video track, parsed by pymp4 (and, for hvcC's NAL arrays, which
+    pymp4 leaves raw, by a construct definition of ISO/IEC 14496-15 8.3.3.1)."""
+    from pymp4.parser import AVC1SampleEntryBox, Box  # type: ignore[import-untyped]
+
+    data = path.read_bytes()
+    pos = 0
+    while data[pos + 4:pos + 8] != b"moov":
+        pos += int.from_bytes(data[pos:pos + 4], "big")
+    moov = Box.parse(data[pos:pos + int.from_bytes(data[pos:pos + 4], "big")])
+    stsd = next(b for b in _boxes(moov) if b.type == b"stsd" and _is_video(b))
+    entry = stsd.entries[0]
+    if entry.format != b"avc1":  # pymp4 reads avc1 entries only; hvc1 has the same layout
+        entry = AVC1SampleEntryBox.parse(entry.data)
+        entry.format = stsd.entries[0].format
+    rec = entry.avc_data
+    arrays: dict[int, tuple[bool | None, list[bytes]]]
+    if rec.type == b"avcC":
+        arrays = {7: (None, list(rec.sps)), 8: (None, list(rec.pps))}
+        return SampleEntry(len(stsd.entries), entry.format, rec.profile, rec.compatibility,
+                           rec.level, arrays)
+    parsed = _HVCC_ARRAYS.parse(rec.raw_bytes)
+    arrays = {a.head & 0x3F: (bool(a.head & 0x80), list(a.units)) for a in parsed}
+    return SampleEntry(len(stsd.entries), entry.format, rec.general_profile,
+                       rec.general_profile_compatibility_flags, rec.general_level, arrays)
+
+
+def _boxes(box: Any) -> Iterator[Any]:
+    yield box
+    for child in box.get("children") or []:
+        yield from _boxes(child)
+
+
+def _is_video(stsd: Any) -> bool:
+    return bool(stsd.entries) and stsd.entries[0].format in (b"avc1", b"avc3", b"hvc1",
+                                                             b"hev1")
+
+
+def _hvcc_arrays() -> Any:
+    from construct import (  # type: ignore[import-untyped]
+        Int8ub,
+        Int16ub,
+        PascalString,
+        PrefixedArray,
+        Struct,
+    )
+
+    return PrefixedArray(Int8ub, Struct(
+        "head" / Int8ub,  # array_completeness, reserved, NAL_unit_type
+        "units" / PrefixedArray(Int16ub, PascalString(Int16ub)),
+    ))
+
+
+_HVCC_ARRAYS = _hvcc_arrays()
+
+
+def check_parameter_sets(path: Path, codec: str) -> dict[str, dict[int, TracedUnit]]:
+    """The export carries its parameter sets the way ISO/IEC 14496-15 wants, as tools we
+    did not write read it: one avc1/hvc1 sample description whose record holds every set
+    (hvcC arrays complete), no two different sets under one id, no in-band set (hvc1) or
+    only ones equal to the record's set with that id (avc1), every id that a slice or set
+    names present in the record, and profile/level fields that hold for every SPS."""
+    entry = sample_entry(path)
+    assert entry.count == 1
+    assert entry.format == {"h264": b"avc1", "hevc": b"hvc1"}[codec]
+    trace = ffmpeg_trace(path)
+    record = traced_sets(codec, trace.extradata)
+    kinds = {"h264": {"sps": 7, "pps": 8}, "hevc": {"vps": 32, "sps": 33, "pps": 34}}[codec]
+    for kind, nal_type in kinds.items():
+        complete, stored = entry.arrays[nal_type]
+        assert len(stored) == len(record[kind]) > 0, kind
+        assert complete in (None, True), f"hvcC {kind.upper()} array is not complete"
+    for kind, sets in record.items():
+        for u in sets.values():
+            ref = _ID_FIELDS[(codec, kind)][1]
+            if ref is not None:
+                assert u.value(ref[1]) in record[ref[0]], f"{kind} names a missing {ref[0]}"
+    for units in trace.packets:
+        for u in units:
+            if u.set_kind is not None:
+                assert codec == "h264", "an hvc1 sample carries a parameter set"
+                own = u.value(_ID_FIELDS[(codec, u.set_kind)][0])
+                assert record[u.set_kind][own].values() == u.values(), "in-band set differs"
+            elif u.is_slice:
+                assert u.value(_SLICE_PPS[codec]) in record["pps"]
+    _check_profile_level(codec, entry, record["sps"].values())
+    return record
+
+
+def _check_profile_level(codec: str, entry: SampleEntry, sps: Iterable[TracedUnit]) -> None:
+    for u in sps:
+        if codec == "h264":
+            assert entry.level >= u.value("level_idc")
+            flags = sum(u.value(f"constraint_set{i}_flag") << (7 - i) for i in range(6))
+            assert entry.compatibility & ~flags == 0
+        else:
+            assert entry.level >= u.value("general_level_idc")
+            flags = sum(u.value(f"general_profile_compatibility_flag[{j}]") << (31 - j)
+                        for j in range(32))
+            assert entry.compatibility & ~flags == 0
 
 
 def check_timestamps(path: Path, prep: Prepared) -> None:
