@@ -24,7 +24,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     #: Free disk kept in reserve beyond a job's estimated output size.
     disk_headroom_bytes: int = Field(
         512 << 20, ge=0, validation_alias=AliasChoices("CUTFARM_DISK_HEADROOM_BYTES"))
+    #: How HTTP reaches the API (serve_app/ingress.py): "direct" into the replica, "proxy"
+    #: through Serve's proxy actor, "auto": direct when `cutfarm serve` starts its own Ray.
+    ingress: Literal["auto", "proxy", "direct"] = Field(
+        "auto", validation_alias=AliasChoices("CUTFARM_INGRESS"))
 
     @field_validator("media_roots", mode="before")
     @classmethod
@@ -229,6 +233,7 @@ def to_env(settings: Settings) -> dict[str, str]:
         "CUTFARM_RETENTION_HOURS": str(settings.retention_hours),
         "CUTFARM_PRESET": settings.preset,
         "CUTFARM_DISK_HEADROOM_BYTES": str(settings.disk_headroom_bytes),
+        "CUTFARM_INGRESS": settings.ingress,
     }
     if settings.token:
         env["CUTFARM_API_TOKEN"] = settings.token

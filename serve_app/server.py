@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any, TextIO
 from cluster.settings import Settings
 
 from .errors import ServeRefusedError
+from .ingress import ingress_environment
 
 log = logging.getLogger("cutfarm.serve")
 
@@ -115,11 +117,62 @@ def check_no_cutfarm_app(ray_address: str) -> None:
 
     apps = serve.status().applications
     if APP_NAME in apps:
+        where = _published_url() or serving_url_or("its configured port")
         raise ServeRefusedError(
             f"a cutfarm API is already running on the Ray cluster at {ray_address} "
-            f"(Serve app {APP_NAME!r}, {serving_url_or('its configured port')}); stop it, "
+            f"(Serve app {APP_NAME!r}, {where}); stop it, "
             "or start an independent one with --ray-address local --port PORT "
             "--media-root DIR")
+
+
+_URL_KEY = b"cutfarm-api-url"
+
+
+def _publish_url(url: str) -> None:
+    """Where this API answers, for a second `serve` to name (with direct ingress the Serve
+    proxy's own address is not it)."""
+    from ray.experimental import internal_kv
+
+    with contextlib.suppress(Exception):
+        internal_kv._internal_kv_put(_URL_KEY, url.encode(), overwrite=True)
+
+
+def _published_url() -> str | None:
+    from ray.experimental import internal_kv
+
+    try:
+        raw = internal_kv._internal_kv_get(_URL_KEY)
+    except Exception:  # a private API: if it moves, the message only gets vaguer
+        return None
+    return raw.decode() if isinstance(raw, bytes) else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_direct_ingress(url: str, address: str, timeout: float = 60.0) -> None:
+    """The API replica must answer on the public port itself, or serving makes no sense."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/api/health", timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return  # it answered (a token may be required): the replica listens
+        except OSError:
+            if time.monotonic() > deadline:
+                raise ServeRefusedError(
+                    f"nothing answers at {url}: the Ray cluster at {address} was not started "
+                    "with Serve's direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1 and "
+                    "RAY_SERVE_DIRECT_INGRESS_MIN/MAX_HTTP_PORT on every `ray start`); "
+                    "start it so, or set CUTFARM_INGRESS=proxy") from None
+            time.sleep(0.3)
 
 
 def serving_url_or(default: str) -> str:
@@ -184,7 +237,11 @@ def run(settings: Settings, out: TextIO = sys.stdout) -> int:
     check_port_free(settings.host, settings.port)
     (root / "sources").mkdir(parents=True, exist_ok=True)
     with serve_lock(settings.export_root) as lock:
-        started_here = ensure_ray(settings)
+        # Ray's processes read the ingress flags when they start: set before Ray is.
+        with ingress_environment("proxy" if settings.ingress == "proxy" else "direct",
+                                 settings.port):
+            started_here = ensure_ray(settings)
+        direct = settings.ingress == "direct" or (settings.ingress == "auto" and started_here)
         stop = StopSignal()
         stop.install()
         address = ray.get_runtime_context().gcs_address
@@ -192,16 +249,24 @@ def run(settings: Settings, out: TextIO = sys.stdout) -> int:
         try:
             if not started_here:
                 check_no_cutfarm_app(address)
-            serve.start(http_options={"host": settings.host, "port": settings.port})
             url = f"http://{settings.host}:{settings.port}"
-            actual = serving_url_or(url)
-            if actual != url:
-                raise ServeRefusedError(
-                    f"the Ray cluster at {address} already serves HTTP at {actual} and "
-                    f"cannot also listen at {url}; use --port {actual.rsplit(':', 1)[1]} or "
-                    "--ray-address local")
+            if direct and started_here:
+                # The API replica answers on the public port; Serve's proxy gets a port of
+                # its own that nobody is told about.
+                serve.start(http_options={"host": settings.host, "port": free_port()})
+            else:
+                serve.start(http_options={"host": settings.host, "port": settings.port})
+                actual = serving_url_or(url)
+                if actual != url and not direct:
+                    raise ServeRefusedError(
+                        f"the Ray cluster at {address} already serves HTTP at {actual} and "
+                        f"cannot also listen at {url}; use --port {actual.rsplit(':', 1)[1]} "
+                        "or --ray-address local")
             deployed = True
             serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+            if direct:
+                wait_direct_ingress(url, address)
+            _publish_url(url)
             record_serving(lock, Serving(os.getpid(), url, address))
             cluster = CutfarmCluster.connect(settings)
             resumed = ray.get(cluster.coordinator.resumed_jobs.remote())

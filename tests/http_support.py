@@ -16,6 +16,7 @@ import ray
 from ray import serve
 
 from cluster.settings import MediaRoot, Settings
+from serve_app.ingress import ingress_environment
 from tests.cluster_support import new_namespace
 
 
@@ -36,18 +37,31 @@ class Api:
         return httpx.Client(base_url=self.base, headers=headers, timeout=timeout)
 
 
+#: How HTTP reaches the app (serve_app/ingress.py): "direct", what `cutfarm serve` uses
+#: with its own Ray, or "proxy" (Serve's proxy actor, as on an attached cluster).
+INGRESS = os.environ.get("CUTFARM_TEST_INGRESS", "direct")
+
+
 @contextlib.contextmanager
-def running_api(root: Path, **settings: Any) -> Iterator[Api]:
+def running_api(root: Path, *, ingress: str = INGRESS, **settings: Any) -> Iterator[Api]:
     """Local Ray + Serve app with ``settings``; everything is torn down afterwards."""
+    port = free_port()
+    with ingress_environment(ingress, port), _running_api(root, port, ingress,
+                                                          **settings) as api:
+        yield api
+
+
+@contextlib.contextmanager
+def _running_api(root: Path, port: int, ingress: str, **settings: Any) -> Iterator[Api]:
     from serve_app.app import build_app
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    port = free_port()
     s = Settings(media_roots=(MediaRoot(root),), namespace=new_namespace(), port=port,
                  **settings)
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        proxy_port = free_port() if ingress == "direct" else port
+        serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})
         serve.run(build_app(s), name="cutfarm", route_prefix="/", blocking=False)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60

@@ -691,7 +691,9 @@ def test_multipart_upload_sends_the_head_last(proxy: FaultProxy, s3: Any) -> Non
     with proxy.lock:
         uploads = [re.search(r"partNumber=(\d+)", p) for m, p, _, _ in proxy.log if m == "PUT"]
     numbers = [int(m.group(1)) for m in uploads if m]
-    assert numbers[-1] == 1 and sorted(numbers[:-1]) == [2, 2, 3]  # part 2 sent again
+    # Parts 2 and 3 go up together: whichever reached the server first met the 503 and
+    # was sent again; the head (part 1) goes last.
+    assert numbers[-1] == 1 and sorted(numbers[:-1]) in ([2, 2, 3], [2, 3, 3])
     assert s3.head_object(Bucket=BUCKET, Key=ref.key)["ContentType"] == "video/mp4"
 
 

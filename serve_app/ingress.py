@@ -1,0 +1,52 @@
+"""How HTTP reaches the API replica: through Serve's proxy, or straight into it.
+
+Ray Serve normally answers HTTP in a proxy actor (uvicorn) that forwards every request to
+a replica over Ray: two Python processes, and two serialisations, per request. Measured on
+a 2-core machine that is about 5 ms of proxy CPU plus 4 ms of replica CPU for one status
+poll, so 200 polls a second would need both cores while exports run.
+
+Serve's *direct ingress* (``RAY_SERVE_ENABLE_DIRECT_INGRESS``, Ray 2.60, experimental) lets
+the ingress replica run the HTTP server itself: the same FastAPI app, the same Serve
+deployment and health checks, no proxy hop (about 2 ms of CPU per request in all). Serve
+gives each ingress replica a port from ``[MIN_HTTP_PORT, MAX_HTTP_PORT)``; a range of one
+port makes the one API replica on this node answer on the public port, while Serve's own
+proxy (still started) listens on an internal port nobody is told about.
+
+The flags are read when each Ray process starts, so they are set in the environment before
+``cutfarm serve`` starts its local Ray; a cluster started elsewhere needs them on every
+``ray start`` (the README says how). One API replica per node in this mode: a second one
+would find no free port in the range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+DIRECT_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+
+
+def direct_ingress_env(port: int) -> dict[str, str]:
+    """Environment that makes the API replica itself listen on ``port``."""
+    return {
+        DIRECT_FLAG: "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),
+    }
+
+
+@contextlib.contextmanager
+def ingress_environment(mode: str, port: int) -> Iterator[None]:
+    """Set (then restore) the environment for ``mode`` ("proxy" or "direct")."""
+    wanted = direct_ingress_env(port) if mode == "direct" else {}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
