@@ -250,7 +250,7 @@ def run(settings: Settings, out: TextIO = sys.stdout) -> int:
             if not started_here:
                 check_no_cutfarm_app(address)
             url = f"http://{settings.host}:{settings.port}"
-            if direct and started_here:
+            if direct:
                 # The API replica answers on the public port; Serve's proxy gets a port of
                 # its own that nobody is told about.
                 serve.start(http_options={"host": settings.host, "port": free_port()})
