@@ -109,7 +109,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import nal
-from .mp4index import SampleEntry, TrackTable
+from .mp4index import SampleEntry, TrackTable, read_only, read_only_bool
 
 __all__ = ["MkvIndexError", "read_mkv_tables"]
 
@@ -748,15 +748,15 @@ def _track_table(t: _Track, rows: I64Array, ts: int) -> TrackTable:
         movie_timescale=tps,
         sample_count=n,
         stbl_sample_count=n,
-        dts=_ro(dts),
-        pts=_ro(pts),
-        duration=_ro(duration),
-        size=_ro(rows[:, _C_SIZE]),
-        offset=_ro(rows[:, _C_OFFSET]),
-        sync=_ro_bool(rows[:, _C_KEY] != 0),
-        discard=_ro_bool(np.zeros(n, dtype=np.bool_)),
-        sample_number=_ro(np.arange(n, dtype=np.int64)),
-        stsd_index=_ro(np.zeros(n, dtype=np.int64)),
+        dts=read_only(dts),
+        pts=read_only(pts),
+        duration=read_only(duration),
+        size=read_only(rows[:, _C_SIZE]),
+        offset=read_only(rows[:, _C_OFFSET]),
+        sync=read_only_bool(rows[:, _C_KEY] != 0),
+        discard=read_only_bool(np.zeros(n, dtype=np.bool_)),
+        sample_number=read_only(np.arange(n, dtype=np.int64)),
+        stsd_index=read_only(np.zeros(n, dtype=np.int64)),
         sample_entries=(_sample_entry(t),),
         edit_list=(),
         dts_shift=0,
@@ -853,18 +853,6 @@ def _sample_entry(t: _Track) -> SampleEntry:
         rate = t.output_sample_rate or t.sample_rate
         return SampleEntry(fourcc, 0, 0, config_type, config, t.channels, round(rate), t.bit_depth)
     return SampleEntry(fourcc, t.width, t.height, config_type, config)
-
-
-def _ro(a: npt.NDArray[np.integer]) -> I64Array:
-    out = np.ascontiguousarray(a, dtype=np.int64)
-    out.flags.writeable = False
-    return out
-
-
-def _ro_bool(a: BoolArray) -> BoolArray:
-    out = np.ascontiguousarray(a, dtype=np.bool_)
-    out.flags.writeable = False
-    return out
 
 
 # --------------------------------------------------------------------------

@@ -822,15 +822,15 @@ def _assemble(track: _Track, runs: _Runs | None, file_size: int) -> TrackTable:
         movie_timescale=track.movie_timescale,
         sample_count=len(cols.dts),
         stbl_sample_count=part.lay.stbl_count + n_frag,
-        dts=_ro(cols.dts),
-        pts=_ro(cols.pts),
-        duration=_ro(durations),
-        size=_ro(cols.size),
-        offset=_ro(cols.offset),
-        sync=_ro_bool(cols.sync),
-        discard=_ro_bool(cols.discard),
-        sample_number=_ro(cols.sample_number),
-        stsd_index=_ro(cols.stsd_index),
+        dts=read_only(cols.dts),
+        pts=read_only(cols.pts),
+        duration=read_only(durations),
+        size=read_only(cols.size),
+        offset=read_only(cols.offset),
+        sync=read_only_bool(cols.sync),
+        discard=read_only_bool(cols.discard),
+        sample_number=read_only(cols.sample_number),
+        stsd_index=read_only(cols.stsd_index),
         sample_entries=tuple(track.entries),
         edit_list=tuple(track.edits),
         dts_shift=cols.dts_shift,
@@ -910,13 +910,14 @@ def _check_extent(lay: _Layout, frag: _FragSamples | None, file_size: int) -> No
     )
 
 
-def _ro(a: npt.NDArray[np.integer]) -> I64Array:
+def read_only(a: npt.NDArray[np.integer]) -> I64Array:
+    """A contiguous int64 copy that cannot be written to (tables are shared freely)."""
     out = np.ascontiguousarray(a, dtype=np.int64)
     out.flags.writeable = False
     return out
 
 
-def _ro_bool(a: BoolArray) -> BoolArray:
+def read_only_bool(a: BoolArray) -> BoolArray:
     out = np.ascontiguousarray(a, dtype=np.bool_)
     out.flags.writeable = False
     return out

@@ -157,12 +157,7 @@ class RangedReader(io.RawIOBase, BinaryIO):
 
     def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
         self._check_open()
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}.get(whence)
-        if base is None:
-            raise ValueError(f"invalid whence ({whence})")
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset}")
-        self._pos = base + offset
+        self._pos = seek_position(self._pos, offset, whence, self.size)
         return self._pos
 
     def readinto(self, buffer: WriteableBuffer, /) -> int:
@@ -334,3 +329,13 @@ class RangedReader(io.RawIOBase, BinaryIO):
             run.stop.set()
             run.future.cancel()
         self._pending.clear()
+
+
+def seek_position(pos: int, offset: int, whence: int, end: int) -> int:
+    """Where ``seek(offset, whence)`` lands for a stream at ``pos`` of length ``end``."""
+    base = {io.SEEK_SET: 0, io.SEEK_CUR: pos, io.SEEK_END: end}.get(whence)
+    if base is None:
+        raise ValueError(f"invalid whence ({whence})")
+    if base + offset < 0:
+        raise ValueError(f"negative seek position {base + offset}")
+    return base + offset

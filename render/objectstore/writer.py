@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .client import ObjectInfo, S3Client, s3_client
 from .errors import ObjectStoreError
 from .location import ObjectRef
+from .reader import seek_position
 from .retry import DEFAULT_RETRY, RetryPolicy, call_with_retry
 
 if TYPE_CHECKING:
@@ -116,12 +117,7 @@ class MultipartWriter(io.RawIOBase):
 
     def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
         self._check_open()
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._end}.get(whence)
-        if base is None:
-            raise ValueError(f"invalid whence ({whence})")
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset}")
-        self._pos = base + offset
+        self._pos = seek_position(self._pos, offset, whence, self._end)
         return self._pos
 
     def write(self, data: ReadableBuffer, /) -> int:
