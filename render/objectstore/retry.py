@@ -135,4 +135,3 @@ def call_with_retry(fn: Callable[[], T], *, url: str, action: str,
             if stats is not None:
                 stats.add(retries=1)
             backoff(policy, failures, stop)
-
