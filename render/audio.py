@@ -74,6 +74,8 @@ def choose_target(container_format: str, sources: Sequence[SourceInfo]) -> Audio
         layout = first.layout
     channels = int(av.AudioLayout(layout).nb_channels)
     if container_format == "webm":
+        # libopus knows the surround layouts only with back channels (AC-3 decodes "side").
+        layout = layout.replace("(side)", "")
         return AudioTarget("libopus", 48000, layout, 64_000 * channels)
     rate = first.sample_rate if first is not None else 48000
     if rate not in (44100, 48000, 32000, 96000, 88200, 24000, 22050, 16000):

@@ -278,7 +278,7 @@ def camera_epochs(plan: Plan, sources: Mapping[int, SourceInfo]) -> list[tuple[s
     """The set combinations the copied samples decode with, in output order.
 
     A copy starts at a random-access point with its sample description's sets; in-band sets
-    at its keyframes (read from the file: a few bytes each) replace sets of the same id.
+    at its keyframes (collected by the probe, near the data) replace sets of the same id.
     A source whose sets cannot be read raises _SourceError.
     """
     out: dict[EpochKey, str] = {}
@@ -289,7 +289,7 @@ def camera_epochs(plan: Plan, sources: Mapping[int, SourceInfo]) -> list[tuple[s
                 continue
             src = sources[piece.source]
             fh = handles.get(piece.source)
-            if fh is None:
+            if fh is None and src.video.inband is None:  # not probed here: read the file
                 fh = handles[piece.source] = src.path.open("rb")
             label = f"sources[{piece.source}] ({src.path.name})"
             try:
@@ -303,7 +303,8 @@ def camera_epochs(plan: Plan, sources: Mapping[int, SourceInfo]) -> list[tuple[s
     return [(label, key) for key, label in out.items()]
 
 
-def _piece_epochs(piece: CopyPiece, src: SourceInfo, fh: BinaryIO) -> Iterable[EpochKey]:
+def _piece_epochs(piece: CopyPiece, src: SourceInfo, fh: BinaryIO | None
+                  ) -> Iterable[EpochKey]:
     v = src.video
     codec = v.format.codec
     dec = piece.samples(v.index)
@@ -321,8 +322,13 @@ def _piece_epochs(piece: CopyPiece, src: SourceInfo, fh: BinaryIO) -> Iterable[E
         if rec != record:
             record, state = rec, _record_state(codec, rec)
         if v.index.rap[d]:
-            for unit in inband_sets(fh, codec, int(v.offset[d]), int(v.index.size[d]),
-                                    v.nal_length_size):
+            if v.inband is not None:
+                units: Sequence[bytes] = v.inband.get(d, ())
+            else:
+                assert fh is not None
+                units = inband_sets(fh, codec, int(v.offset[d]), int(v.index.size[d]),
+                                    v.nal_length_size)
+            for unit in units:
                 _update(codec, state, unit)
         yield _state_key(state)
 

@@ -204,7 +204,8 @@ def prepare_with(config: ExportConfig, sources: dict[int, SourceInfo], *,
                                 preset=preset)
         settings = {i: ts for i, p in enumerate(plan.pieces) if isinstance(p, EncodePiece)}
     else:
-        matched = matched_settings(first, preset=preset)
+        # The first cut's source, not the first segment's: keyframe mode may drop that.
+        matched = matched_settings(sources[plan.cuts[0].source], preset=preset)
         for i, p in enumerate(plan.pieces):
             if isinstance(p, EncodePiece):
                 src = sources[p.runs[0].source]

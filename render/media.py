@@ -7,6 +7,7 @@ sample tables, and by tests from a few lines of numpy, so planning needs no medi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
@@ -195,6 +196,10 @@ class VideoTrackInfo:
     #: was itself spliced (e.g. an earlier cutfarm export).
     records: tuple[bytes, ...] = ()
     stsd: IntArray | None = None
+    #: Parameter-set units carried in-band ahead of the slices of random-access samples
+    #: (decode index -> units; samples without any are absent), read by the probe so that
+    #: planning, wherever it runs, never opens the file. None: not read.
+    inband: Mapping[int, tuple[bytes, ...]] | None = None
 
     def record_of(self, dec: int) -> bytes:
         if self.stsd is None or not self.records:

@@ -445,13 +445,16 @@ def _video_stream(
     else:
         # No copied GOP to take a record from: every piece is ours, the first heads it.
         record = planned or read_header(pieces.encoded(0)).extradata
-        inp = av.open(_template_file(fmt.codec, record, fmt.width, fmt.height), "r",
-                      format="mp4")
+        inp = av.open(_template_file(fmt.codec, record, fmt.width, fmt.height, _rate(plan)),
+                      "r", format="mp4")
     templates.append(inp)
     st = out.add_stream_from_template(inp.streams.video[0])
-    if synthetic and fmt.rotation:
-        # A camera's template carries its own display matrix; ours has none.
-        st.set_display_rotation(fmt.rotation)
+    if synthetic:
+        # A camera's template carries its own display matrix and frame rate; ours has
+        # neither (the muxer reads the rate for a timecode track).
+        st.codec_context.framerate = _rate(plan).limit_denominator(1001)
+        if fmt.rotation:
+            st.set_display_rotation(fmt.rotation)
     st.codec_context.extradata = record
     st.time_base = plan.out_time_base
     st.codec_tag = _TAGS.get(fmt.codec, st.codec_tag or "")
@@ -467,8 +470,13 @@ def _rate(plan: Plan) -> Fraction:
 _QUIET = {"hevc": {"x265-params": "log-level=none"}}
 
 
-def _template_file(codec: str, record: bytes, width: int, height: int) -> io.BytesIO:
-    """A one-sample in-memory MP4 whose stream carries ``record``: a template to copy from."""
+def _template_file(codec: str, record: bytes, width: int, height: int,
+                   rate: Fraction) -> io.BytesIO:
+    """A one-sample in-memory MP4 whose stream carries ``record``: a template to copy from.
+
+    Its one frame lasts 1/``rate``, so the template has the export's frame rate, which the
+    muxer needs for a timecode track.
+    """
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as tmp:
         # The stream's encoder is opened but never fed; x265 would still print its banner.
@@ -476,10 +484,12 @@ def _template_file(codec: str, record: bytes, width: int, height: int) -> io.Byt
         assert isinstance(st, av.VideoStream)
         st.codec_context.extradata = record
         st.width, st.height = width, height
-        st.time_base = Fraction(1, 25)
+        frame = 1 / rate.limit_denominator(1001)
+        st.time_base = frame
         pkt = av.Packet(b"\x00\x00\x00\x02\x09\xf0" if codec == "h264"
                         else b"\x00\x00\x00\x03\x46\x01\x10")
         pkt.stream = st
+        pkt.time_base = frame
         pkt.pts = pkt.dts = 0
         pkt.duration = 1
         tmp.mux(pkt)

@@ -74,7 +74,7 @@ class SegmentCut:
     first: int  # display index of the first kept frame
     stop: int  # display index one past the last kept frame
     src_start: Fraction  # seconds on the file's presentation clock: pts of ``first`` - hold
-    duration: Fraction  # seconds: exact sum of the kept frames' durations
+    duration: Fraction  # seconds: exact sum of the kept frames' durations, plus ``hold``
     out_start: Fraction  # seconds on the output timeline
     audio: bool  # this segment contributes its source's audio
     #: Ticks the first kept frame is shown before its own pts: a segment that starts before
@@ -344,8 +344,9 @@ def encode_chunks(
     """Display range [first, stop) re-encoded as pieces of at most ``max_frames``.
 
     Each piece ends at the last decode-start point (a keyframe or recovery point) that
-    keeps it within the bound, so the next piece decodes from its own first frame and no
-    frame is decoded twice; a stretch without one is cut at the bound.
+    keeps it within the bound, so the next piece usually decodes from its own first frame;
+    a stretch without one is cut at the bound, and that piece decodes from the start point
+    before it (up to a GOP twice).
     """
     starts = np.sort(index.disp_of_dec[index.start_dec])
     pieces: list[Piece] = []

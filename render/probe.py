@@ -1,9 +1,15 @@
-"""Probe a source: codec parameters from FFmpeg, the sample index from the MP4 tables.
+"""Probe a source: codec parameters from FFmpeg, the video's sample index from the container.
 
-Reading the index from ``moov`` costs one read of a few megabytes whatever the file size; a
-15 GB camera file is never scanned. Keyframes are then checked at the NAL level by reading
-only the NAL headers of each sync sample (a handful of bytes each), because the container's
-sync flag also marks H.264 non-IDR I-frames and HEVC CRAs, which need special handling.
+The index of the one video track the export uses comes from MP4's ``moov`` (and the
+``moof`` boxes of a fragmented file) or from Matroska's element headers: a read of a few
+megabytes, or a walk over block headers, whatever the file size; a 15 GB camera file's media
+data is never scanned, and no other track is read (so none can make the file fail). Sync
+samples are then checked at the NAL level by reading the first bytes of each NAL unit
+(SEI and parameter-set units whole: a few hundred bytes), because the container's sync flag
+also marks H.264 non-IDR I-frames and HEVC CRAs, which need special handling, and because
+the plan's one sample description needs every in-band parameter set.
+
+Times stay on the file's own presentation clock (see render/plan.py).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import BinaryIO
 import av
 import numpy as np
 
-from . import mkvindex, mp4index, nal
+from . import bitstream, mkvindex, mp4index, nal
 from .errors import (
     CorruptMediaError,
     NotAVideoError,
@@ -108,7 +114,7 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
         duration=track.duration.astype(np.int64),
         rap=rap,
         size=track.size.astype(np.int64),
-        shown=_shown_range(track),
+        shown=_shown_range(track, name),
         decode_start=decode_start,
     )
     pix_fmt = cc.format.name if cc.format is not None else "unknown"
@@ -131,6 +137,7 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
         stream_index=vs.index,
         records=tuple(e.config or b"" for e in track.sample_entries),
         stsd=np.asarray(track.stsd_index, dtype=np.int64),
+        inband=_inband_sets(path, codec, track, rap, length_size),
     )
     audio = _probe_audio(container)
     timecode = vs.metadata.get("timecode") or container.metadata.get("timecode")
@@ -141,14 +148,18 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
 def _rotation(matrix: tuple[int, ...] | None, name: str) -> int:
     """Counter-clockwise quarter turns of a display matrix, as FFmpeg reads it.
 
-    av_display_rotation_get(): the angle of the matrix's first column, negated. Mirroring
-    and scaling are ignored, as players that honour only rotation do.
+    av_display_rotation_get(): the angle of the matrix's first column, negated. Scaling is
+    ignored; a mirrored picture (negative determinant) is refused rather than shown turned.
     """
     if matrix is None:
         return 0
     a, b, c, d = (v / 65536 for v in (matrix[0], matrix[1], matrix[3], matrix[4]))
     if math.hypot(a, c) == 0 or math.hypot(b, d) == 0:
         return 0
+    if a * d - b * c < 0:
+        raise UnsupportedMediaError(
+            f"source file {name!r} is displayed mirrored (its display matrix flips the "
+            "picture); mirrored sources are not supported")
     angle = -math.degrees(math.atan2(b / math.hypot(b, d), a / math.hypot(a, c)))
     turns = round(angle / 90)
     if abs(angle - 90 * turns) > 1:
@@ -158,12 +169,18 @@ def _rotation(matrix: tuple[int, ...] | None, name: str) -> int:
     return (90 * turns) % 360
 
 
-def _shown_range(track: mp4index.TrackTable) -> tuple[int, int]:
+def _shown_range(track: mp4index.TrackTable, name: str) -> tuple[int, int]:
     """Display range of the frames the edit list presents (all frames without one)."""
     order = np.argsort(np.asarray(track.pts), kind="stable")
     shown = np.flatnonzero(~np.asarray(track.discard, dtype=bool)[order])
     if shown.size == 0:
         return 0, 0
+    if int(shown[-1]) + 1 - int(shown[0]) != shown.size:
+        # Only the ends can be hidden by an edit list; holes come from overlapping
+        # fragments, whose hidden frames would share times with shown ones.
+        raise UnsupportedMediaError(
+            f"source file {name!r} has hidden video frames between shown ones "
+            "(overlapping fragments); remux it to a regular MP4 first")
     return int(shown[0]), int(shown[-1]) + 1
 
 
@@ -173,10 +190,12 @@ def _mp4_video_table(path: Path, vs: av.VideoStream) -> mp4index.TrackTable | No
         try:
             return mp4index.read_video_table(path, vs.id)
         except mp4index.Mp4IndexError as first_error:
-            try:  # stream ids are track ids in FFmpeg's mov demuxer; just in case not
-                return mp4index.read_video_table(path)
-            except mp4index.Mp4IndexError:
-                raise first_error from None
+            # Stream ids are track ids in FFmpeg's mov demuxer; only when that track is
+            # not there (or not video) is the first video track the one FFmpeg decodes.
+            text = str(first_error)
+            if f"no track {vs.id}" not in text and "not video" not in text:
+                raise
+            return mp4index.read_video_table(path)
     except mp4index.Mp4IndexError as exc:
         text = str(exc)
         if "edit" in text:
@@ -271,17 +290,36 @@ def _sample_nals(fh: BinaryIO, offset: int, size: int, length_size: int,
         if len(head) < length_size + 1:
             break
         nal_len = int.from_bytes(head[:length_size], "big")
+        if nal_len == 0:
+            break  # padding or damage: nothing after it is a unit of this sample
         body = head[length_size:length_size + nal_len]
         kind = nal.nal_type_h264(body) if codec == "h264" else nal.nal_type_hevc(body)
         if codec == "h264" and kind == nal.H264_SEI and nal_len > len(body):
             fh.seek(offset + pos + length_size)
             body = fh.read(min(nal_len, _MAX_SEI))
         found.append((kind, body))
-        if nal_len == 0 or (codec == "h264" and 1 <= kind <= 5) or (codec == "hevc" and kind < 32):
+        if (codec == "h264" and 1 <= kind <= 5) or (codec == "hevc" and kind < 32):
             break  # the first slice: nothing after it matters here
         pos += length_size + nal_len
         if len(found) > 64:
             break
+    return found
+
+
+def _inband_sets(path: Path, codec: str, track: mp4index.TrackTable, rap: np.ndarray,
+                 length_size: int) -> dict[int, tuple[bytes, ...]] | None:
+    """Parameter sets each random-access sample carries ahead of its slices (a few small
+    reads each), for the plan's one sample description (render/bitstream.py)."""
+    if codec not in NAL_CODECS:
+        return None
+    found: dict[int, tuple[bytes, ...]] = {}
+    shared: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}  # cameras repeat the same sets
+    with path.open("rb", buffering=0) as fh:
+        for i in np.flatnonzero(rap):
+            units = tuple(bitstream.inband_sets(fh, codec, int(track.offset[i]),
+                                                int(track.size[i]), length_size))
+            if units:
+                found[int(i)] = shared.setdefault(units, units)
     return found
 
 

@@ -18,12 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 import pytest
 
 from render import timecode
+from render.audio import choose_target, open_audio_encoder
 from render.config import parse_config
+from render.encode import EncoderSettings, open_encoder
 from render.engine import Prepared, execute, prepare
-from render.errors import ConfigError
+from render.errors import ConfigError, UnsupportedMediaError
+from render.media import AudioTrackInfo, FrameIndex, SourceInfo, VideoFormat, VideoTrackInfo
 from render.plan import EncodePiece
 from tests import mediagen as mg
 from tests.test_mp4index import IRREGULAR_TRACKS
@@ -403,3 +407,55 @@ def test_h264_open_gop_decodes_from_the_nearest_recovery_point(
     for run in runs:
         wanted = int(index.dec_of_disp[run.src_disp].min())
         assert wanted - run.decode_from <= 2 * 30  # within two GOPs, not the whole file
+
+
+def test_a_re_encoded_export_carries_the_timecode_too(tmp_path: Path) -> None:
+    (tmp_path / "sources").mkdir()
+    mg.make_camera(tmp_path / "sources" / "a.mp4",
+                   mg.CameraSpec(camera=1, seconds=3, timecode="01:00:00:00"))
+    for output in ({"codec": "h264"}, {}):
+        segments = [("a.mp4", 1.0, 2.0)] if output else [("a.mp4", 1.0, 1.2)]  # no copy
+        _, out = export(tmp_path, segments, tmp_path, **output)
+        with av.open(str(out)) as c:
+            assert c.streams.video[0].metadata.get("timecode") == "01:00:01:00"
+
+
+def test_a_mirrored_source_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    (tmp_path / "sources").mkdir()
+    path = tmp_path / "sources" / "selfie.mp4"
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = 160, 96, "yuv420p"
+        vs.set_display_rotation(0, hflip=True)
+        for n in range(10):
+            frame = mg.render_frame(mg.CameraSpec(camera=1, width=160, height=96), n)
+            frame.pts = n
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode(None))
+    with pytest.raises(UnsupportedMediaError, match="mirrored"):
+        export(tmp_path, [("selfie.mp4", 0.0, 0.2)], tmp_path)
+
+
+def test_a_long_variable_rate_source_gets_an_encoder_rate_that_fits() -> None:
+    """A 22-minute 90 kHz phone clip's exact mean rate has 10-digit terms (int32 overflow)."""
+    mean = Fraction(3601170000, 120044717)
+    settings = EncoderSettings("h264", 320, 180, "yuv420p", 2, 23, "ultrafast", rate=mean)
+    ctx = open_encoder(settings, Fraction(1, 90000), 30)
+    assert ctx.framerate == mean.limit_denominator(1001)
+
+
+def test_surround_from_ac3_is_opus_surround_in_webm() -> None:
+    audio = AudioTrackInfo("ac3", 48000, 6, "5.1(side)", Fraction(0), 0, 448000)
+    target = choose_target("webm", [replace_audio(audio)])
+    assert target.layout == "5.1"
+    open_audio_encoder(target)  # libopus accepts it
+    assert choose_target("mp4", [replace_audio(audio)]).layout == "5.1(side)"
+
+
+def replace_audio(audio: AudioTrackInfo) -> SourceInfo:
+    """A SourceInfo that only its audio matters for."""
+    index = FrameIndex(Fraction(1, 30), np.zeros(1, np.int64), np.ones(1, np.int64),
+                       np.ones(1, bool))
+    video = VideoTrackInfo(index, VideoFormat("h264", 16, 16, "yuv420p"),
+                           np.zeros(1, np.int64), b"", 4, None, 0, None, 2, 2, 2, 0, 0)
+    return SourceInfo(Path("x.mp4"), 1, "mp4", video, audio)
