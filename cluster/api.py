@@ -3,12 +3,17 @@
 Every call goes to the named, detached actors, so it works the same from a Serve replica,
 a CLI or a test, and a job outlives whoever submitted it. Each method has an async form
 (for Serve handlers: never block the event loop) and a blocking one (``*_sync``).
+
+A long-lived event loop (a Serve replica's) may also turn on a status cache
+(``status_cache``): statuses are then read from memory kept current by the status actor's
+change feed, and this object's own writes go into it at once (``cluster/status_cache.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +29,8 @@ from .errors import ClusterUnavailableError, JobNotFoundError
 from .jobs import JobState, JobStatus, PiecePlacement
 from .planning import plan_job
 from .settings import Settings
-from .status import StatusActor
+from .status import ChangeBatch, StatusActor
+from .status_cache import Renderer, StatusCache
 from .webhooks import validate_callback_url
 
 log = logging.getLogger("cutfarm.cluster")
@@ -82,6 +88,7 @@ class CutfarmCluster:
         self.settings = settings
         self.status = status
         self.coordinator = coordinator
+        self._cache: StatusCache | None = None
 
     @classmethod
     def connect(cls, settings: Settings) -> CutfarmCluster:
@@ -119,19 +126,48 @@ class CutfarmCluster:
         if preflight:
             warnings += (await self.plan(cfg)).warnings
         data = cfg.model_dump(mode="json", by_alias=True)
-        return await self._call(lambda: self.coordinator.submit.remote(cfg.id, data,
-                                                                        cfg.priority, warnings))
+        return await self._written(
+            cfg.id, lambda: self._call(lambda: self.coordinator.submit.remote(
+                cfg.id, data, cfg.priority, warnings)), StatusCache.wrote)
 
     async def get(self, job_id: str) -> JobStatus:
+        """The job's status, asked of the status actor (the answer also refreshes this
+        loop's status cache, if it has one)."""
+        cache = self._local_cache()
+        if cache is not None:
+            return await cache.fetch(job_id)
+        return await self.fetch(job_id)
+
+    async def cached(self, job_id: str) -> JobStatus:
+        """The job's status from this loop's status cache while its feed is live (current
+        to within one feed round trip, and to this object's own writes); else as ``get``."""
+        cache = self._local_cache()
+        if cache is not None:
+            return await cache.get(job_id)
+        return await self.fetch(job_id)
+
+    async def fetch(self, job_id: str) -> JobStatus:
+        """The job's status, asked of the status actor."""
         return await self._call(lambda: self.status.get.remote(job_id))
 
     async def cancel(self, job_id: str) -> JobStatus:
-        return await self._call(lambda: self.coordinator.cancel.remote(job_id))
+        return await self._written(
+            job_id, lambda: self._call(lambda: self.coordinator.cancel.remote(job_id)),
+            StatusCache.wrote)
 
     async def delete(self, job_id: str) -> tuple[JobStatus, bool]:
         """Cancel a pending or running job, or remove a finished one with its output;
         the bool says whether the job was removed."""
-        return await self._call(lambda: self.coordinator.delete.remote(job_id))
+
+        def keep(cache: StatusCache, token: str | None, result: tuple[JobStatus, bool]) -> None:
+            status, removed = result
+            if removed:
+                cache.deleted(status)
+            else:
+                cache.wrote(token, status)
+
+        return await self._written(
+            job_id, lambda: self._call(lambda: self.coordinator.delete.remote(job_id)), keep)
 
     async def list_page(self, states: list[JobState] | None, after: int = 0,
                         limit: int = 100) -> tuple[list[JobStatus], int | None]:
@@ -146,7 +182,86 @@ class CutfarmCluster:
         return await self._call(lambda: self.status.list.remote(states))
 
     async def wait_change(self, job_id: str, version: int, timeout: float = 15.0) -> JobStatus:
+        """The job's status once its version passes ``version`` (or after ``timeout``),
+        asked of the status actor."""
         return await self._call(lambda: self.status.wait_change.remote(job_id, version, timeout))
+
+    async def follow(self, first: JobStatus, keepalive: float) -> AsyncIterator[
+            JobStatus | None]:
+        """The job's statuses after ``first``, in order, until a final one; None after
+        ``keepalive`` seconds without a change (event streams)."""
+        cache = self._local_cache()
+        if cache is not None:
+            async for status in cache.follow(first, keepalive):
+                yield status
+            return
+        sent = first
+        while not sent.status.terminal:
+            nxt = await self.wait_change(sent.job_id, sent.version, keepalive)
+            if nxt.version == sent.version:
+                yield None
+                continue
+            sent = nxt
+            yield nxt
+
+    async def changes(self, epoch: str | None, after: int, timeout: float) -> ChangeBatch:
+        """The status actor's change feed after position (``epoch``, ``after``)."""
+        return await self._call(lambda: self.status.changes.remote(epoch, after, timeout))
+
+    # ------------------------------------------------------------------ status cache
+
+    def status_cache(self) -> StatusCache | None:
+        """The status cache of the running event loop, created and started on first use.
+
+        Meant for a loop that lives as long as this object (a Serve replica's): the cache's
+        feed task runs on it. None on any other loop while that one runs (callers then ask
+        the actor, as every blocking ``*_sync`` call does)."""
+        loop = asyncio.get_running_loop()
+        cache = self._cache
+        if cache is not None and cache.loop is not loop:
+            if cache.loop is not None and not cache.loop.is_closed():
+                return None
+            cache = None  # its loop is gone: start over on this one
+        if cache is None:
+            cache = self._cache = StatusCache(self)
+            cache.start()
+        return cache
+
+    async def status_body(self, job_id: str, key: Hashable, render: Renderer) -> bytes:
+        """``render``'s answer for the job, rendered once per version (and ``key``) while
+        the status cache holds it."""
+        cache = self.status_cache()
+        if cache is None:
+            return render(await self.fetch(job_id))[0]
+        return await cache.body(job_id, key, render)
+
+    def _local_cache(self) -> StatusCache | None:
+        """The status cache if one runs on the current loop (never creates one)."""
+        cache = self._cache
+        if cache is None:
+            return None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return cache if cache.loop is loop else None
+
+    async def _written(self, job_id: str, call: Callable[[], Awaitable[T]],
+                       keep: Callable[[StatusCache, str | None, T], None]) -> T:
+        """A write through this object: its answer goes into the status cache at once, so
+        the caller's next read sees it. A write that failed (perhaps half done) drops the
+        job from the cache instead: the next read asks the actor."""
+        cache = self._local_cache()
+        if cache is None:
+            return await call()
+        token = cache.token()
+        try:
+            result = await call()
+        except BaseException:
+            cache.forget(job_id)
+            raise
+        keep(cache, token, result)
+        return result
 
     def output_path(self, status: JobStatus) -> Path | None:
         if status.status != JobState.COMPLETED:

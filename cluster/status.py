@@ -11,7 +11,9 @@ It answers every poll and event stream of every running job, so it stays light:
 * work is reported as running totals per reporter (``report_work``): a retried call or a
   retried task sets a total again instead of adding it twice;
 * in the actor, files are written by one writer thread in order, never on the event loop;
-  progress-only changes at most every ``PROGRESS_WRITE_INTERVAL`` per job.
+  progress-only changes at most every ``PROGRESS_WRITE_INTERVAL`` per job;
+* readers that want every change (each API replica's status cache) follow one change feed
+  (``ChangeLog``, ``StatusActor.changes``) instead of asking per request or per stream.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ import asyncio
 import builtins
 import contextlib
 import time
+import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -40,11 +45,110 @@ PROGRESS_WRITE_INTERVAL = 0.5
 MAX_RUNNING_PROGRESS = 0.99
 #: Placements kept per job (operators look at them; a huge transcode must not grow memory).
 MAX_PLACEMENTS = 5000
+#: Removed jobs the change feed remembers; a reader further behind than the oldest starts
+#: over from a snapshot.
+FEED_REMOVALS = 1024
+#: Documents of state changes (status or stage) the feed keeps, so a reader sees every state
+#: a job went through, not only the last one, even when several came between two polls.
+FEED_TRANSITIONS = 1024
+#: A snapshot (a reader starting over) holds every unfinished job and this many finished
+#: ones, the most recently changed: a restart must not ship thousands of old jobs. A reader
+#: asks for any other job when it needs it.
+SNAPSHOT_FINISHED = 1000
 
 #: Writes one status document: (status, durable).
 Writer = Callable[[JobStatus, bool], None]
 #: A reporter's running totals: bytes copied, frames re-encoded, audio samples.
 Totals = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class ChangeBatch:
+    """What changed after a reader's position in the feed (``StatusActor.changes``).
+
+    ``reset``: the reader's position is not one this feed can continue from (another actor
+    incarnation, or too far behind): ``statuses`` is then a snapshot that replaces what the
+    reader knew, holding every job only when ``complete``. Otherwise ``statuses`` are the
+    changed jobs' documents in change order (a job's state changes first, then its latest
+    document) and ``removed`` the jobs that are gone. ``epoch``/``seq`` are the position to
+    ask from next.
+    """
+
+    epoch: str
+    seq: int
+    statuses: list[JobStatus] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    reset: bool = False
+    complete: bool = False
+
+
+class ChangeLog:
+    """A global, growing sequence number per status change, and who changed when.
+
+    Instead of a ring of every (seq, job) change, each job's last change is kept (a dict in
+    change order), so a burst of progress ticks never pushes a slow reader out: memory is one
+    entry per job, plus ``FEED_REMOVALS`` removals and ``FEED_TRANSITIONS`` state documents.
+    ``epoch`` names this incarnation: sequence numbers (and job versions: progress-only
+    writes are throttled) start over when the actor restarts.
+    """
+
+    def __init__(self) -> None:
+        self.epoch = uuid.uuid4().hex
+        self.seq = 0
+        #: A reader at or after this position has missed no removal.
+        self.floor = 0
+        self._last: dict[str, int] = {}
+        self._removed: dict[str, int] = {}
+        self._transitions: deque[tuple[int, JobStatus]] = deque(maxlen=FEED_TRANSITIONS)
+
+    def changed(self, status: JobStatus, new_state: bool = False) -> None:
+        """``status`` changed; ``new_state``: its status or stage did (keep this document)."""
+        self.seq += 1
+        job_id = status.job_id
+        self._removed.pop(job_id, None)
+        self._last.pop(job_id, None)  # re-inserted last: the dict stays in change order
+        self._last[job_id] = self.seq
+        if new_state:
+            self._transitions.append((self.seq, status.model_copy(deep=True)))
+
+    def removed(self, job_id: str) -> None:
+        self.seq += 1
+        self._last.pop(job_id, None)
+        self._removed.pop(job_id, None)
+        self._removed[job_id] = self.seq
+        if len(self._removed) > FEED_REMOVALS:
+            oldest = next(iter(self._removed))
+            self.floor = max(self.floor, self._removed.pop(oldest))
+
+    def since(self, after: int) -> tuple[list[str], list[str], list[JobStatus]] | None:
+        """Jobs changed and removed after ``after``, and the state documents recorded since,
+        all oldest first; None when this log cannot tell (``after`` is not one of its
+        positions, or removals after it were forgotten)."""
+        if not self.floor <= after <= self.seq:
+            return None
+        return (_after(self._last, after), _after(self._removed, after),
+                _states_after(self._transitions, after))
+
+
+def _after(order: dict[str, int], after: int) -> list[str]:
+    """Keys of a dict kept in growing-value order whose value is above ``after``, oldest
+    first: walked from the newest end, so a reader that is up to date costs nothing."""
+    found = []
+    for job_id, seq in reversed(order.items()):
+        if seq <= after:
+            break
+        found.append(job_id)
+    return found[::-1]
+
+
+def _states_after(entries: deque[tuple[int, JobStatus]], after: int) -> list[JobStatus]:
+    """The recorded state documents after ``after``, oldest first (walked from the newest)."""
+    found = []
+    for seq, status in reversed(entries):
+        if seq <= after:
+            break
+        found.append(status)
+    return found[::-1]
 
 
 class StatusBook:
@@ -63,6 +167,7 @@ class StatusBook:
         self.placements: dict[str, list[PiecePlacement]] = {}
         self._work: dict[str, dict[str, Totals]] = {}
         self._written: dict[str, float] = {}
+        self.feed = ChangeLog()
         self.report_states()
 
     # ------------------------------------------------------------------ queries
@@ -91,6 +196,32 @@ class StatusBook:
         self.get(job_id)
         return tuple(self.placements.get(job_id, ()))
 
+    def changes(self, epoch: str | None, after: int) -> ChangeBatch:
+        """What changed after position (``epoch``, ``after``) of the feed; a snapshot when
+        that position is not one of this incarnation's or is too old."""
+        feed = self.feed
+        delta = feed.since(after) if epoch == feed.epoch else None
+        if delta is None:
+            statuses, complete = self.snapshot()
+            return ChangeBatch(feed.epoch, feed.seq, statuses, reset=True, complete=complete)
+        changed, removed, states = delta
+        latest = [self.jobs[job_id] for job_id in changed]
+        # A state document is worth sending only when the job has moved on since.
+        current = {s.job_id: s.version for s in latest}
+        earlier = [s for s in states if current.get(s.job_id, s.version) > s.version]
+        return ChangeBatch(feed.epoch, feed.seq, [*earlier, *latest], removed)
+
+    def snapshot(self) -> tuple[builtins.list[JobStatus], bool]:
+        """Every unfinished job and the ``SNAPSHOT_FINISHED`` most recently changed finished
+        ones; the bool says whether that is every job."""
+        active = [s for s in self.jobs.values() if not s.status.terminal]
+        finished = [s for s in self.jobs.values() if s.status.terminal]
+        if len(finished) > SNAPSHOT_FINISHED:
+            finished.sort(key=lambda s: s.updated_at, reverse=True)
+            finished = finished[:SNAPSHOT_FINISHED]
+        statuses = active + finished
+        return statuses, len(statuses) == len(self.jobs)
+
     # ------------------------------------------------------------------ changes
 
     def create(self, job_id: str, config: dict[str, Any], priority: int,
@@ -110,6 +241,7 @@ class StatusBook:
         self.next_seq += 1
         self.jobs[job_id] = status
         self._write(status, force=True)
+        self.feed.changed(status, new_state=True)
         return status, True
 
     def update(self, job_id: str, **fields: Any) -> JobStatus:
@@ -117,7 +249,7 @@ class StatusBook:
         state = fields.get("status")
         if status.status.terminal:
             return status  # a terminal state is final
-        before = status.status
+        before, before_stage = status.status, status.stage
         if fields.pop("reset_work", False):
             # The job runs again from the start: its reporters' totals start from zero.
             self._work.pop(job_id, None)
@@ -138,6 +270,8 @@ class StatusBook:
                 self.metrics.job_finished(JobState(state), now - status.started_at)
             self._work.pop(job_id, None)
         self._touch(status)
+        self.feed.changed(status, new_state=status.status != before
+                          or status.stage != before_stage)
         self._write(status, force=state is not None or "error" in fields)
         if state is not None and state != before:
             self.report_states()
@@ -166,6 +300,7 @@ class StatusBook:
             self.metrics.work(new[0] - old[0], new[1] - old[1])
         self._recompute(status)
         self._touch(status)
+        self.feed.changed(status)
         self._write(status)
 
     def add_placement(self, job_id: str, placement: PiecePlacement) -> None:
@@ -180,10 +315,12 @@ class StatusBook:
         if status is not None:
             status.webhook_attempts.append(attempt)
             self._touch(status)
+            self.feed.changed(status)
             self._write(status, force=True)
 
     def forget(self, job_id: str) -> None:
-        self.jobs.pop(job_id, None)
+        if self.jobs.pop(job_id, None) is not None:
+            self.feed.removed(job_id)
         self.placements.pop(job_id, None)
         self._work.pop(job_id, None)
         self._written.pop(job_id, None)
@@ -240,6 +377,8 @@ class StatusActor:
         self._durable: Future[None] | None = None
         self.book = StatusBook(store, Metrics(), writer=self._enqueue)
         self._changed: dict[str, asyncio.Event] = {}
+        #: Set (and replaced) on every change: wakes every follower of the change feed.
+        self._feed_changed = asyncio.Event()
 
     def _enqueue(self, status: JobStatus, durable: bool) -> None:
         job_id, data = status.job_id, status.to_file()
@@ -261,6 +400,8 @@ class StatusActor:
         event = self._changed.pop(job_id, None)
         if event is not None:
             event.set()
+        self._feed_changed.set()
+        self._feed_changed = asyncio.Event()
 
     async def create(self, job_id: str, config: dict[str, Any], priority: int,
                      warnings: Iterable[str] = ()) -> tuple[JobStatus, bool]:
@@ -316,6 +457,25 @@ class StatusActor:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
         return self.book.get(job_id)
+
+    async def changes(self, epoch: str | None, after: int, timeout: float) -> ChangeBatch:
+        """The change feed: what changed after position (``epoch``, ``after``), once
+        something has (or after ``timeout`` seconds, then possibly nothing). A position of
+        another incarnation (None: a new reader) or too old gets a snapshot (``reset``).
+
+        One call per API replica is pending at any time, whatever the number of polls and
+        event streams it serves; a call pending when this actor dies is retried by Ray on
+        the restarted one, which answers it with a snapshot at once.
+        """
+        feed = self.book.feed
+        deadline = asyncio.get_running_loop().time() + timeout
+        while epoch == feed.epoch and after == feed.seq:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._feed_changed.wait(), remaining)
+        return self.book.changes(epoch, after)
 
     async def flush(self) -> None:
         """Every document on disk, durably, before this returns."""

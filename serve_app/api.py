@@ -2,6 +2,9 @@
 
 Thin on purpose: parse, check access, call the cluster API, map errors (``errors.py``).
 Every handler is async and only awaits actor calls, so a replica never blocks its loop.
+Status polls and event streams are answered from the replica's status cache (fed by the
+status actor's change feed, ``cluster/status_cache.py``): a poll is a lookup of bytes
+rendered once per version.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ EVENT_KEEPALIVE_SECONDS = 15.0
 EVENT_RETRY_MS = 2000
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+#: A rendered status answer with a signed download link is rendered again after this long,
+#: so a link handed out stays valid for nearly its full lifetime.
+LINK_RENDER_SECONDS = 60.0
 
 ClusterProvider = Callable[[], CutfarmCluster]
 
@@ -90,9 +96,14 @@ def _job_id(job_id: str) -> str:
 
 
 def _view(request: Request, status: JobStatus) -> dict[str, Any]:
+    return _status_view(status, _token(request))
+
+
+def _status_view(status: JobStatus, token: str | None) -> dict[str, Any]:
+    """The status object of the API (the editor's fields first, then ours)."""
     body = status.editor_view()
     if status.download_url is not None:
-        body["downloadUrl"] = download_url(status.job_id, _token(request))
+        body["downloadUrl"] = download_url(status.job_id, token)
     body.update(stage=status.stage, etaSeconds=status.eta_seconds,
                 createdAt=status.created_at, updatedAt=status.updated_at)
     if status.warnings:
@@ -100,6 +111,15 @@ def _view(request: Request, status: JobStatus) -> dict[str, Any]:
     if status.interrupted_at is not None:
         body["interruptedAt"] = status.interrupted_at
     return body
+
+
+def _status_answer(status: JobStatus, token: str | None) -> tuple[bytes, float | None]:
+    """The bytes of the status answer, exactly as ``JSONResponse`` renders them, and how
+    long they may be served again (a signed download link is renewed)."""
+    body = json.dumps(_status_view(status, token), ensure_ascii=False, allow_nan=False,
+                      indent=None, separators=(",", ":")).encode("utf-8")
+    renew = token is not None and status.download_url is not None
+    return body, (LINK_RENDER_SECONDS if renew else None)
 
 
 async def _read_config(request: Request) -> dict[str, Any]:
@@ -158,10 +178,12 @@ async def list_exports(request: Request, status: str | None = None,
 
 
 @router.get("/api/export/{job_id}/status", summary="A job's status (the editor polls this)")
-async def export_status(request: Request, job_id: str) -> JSONResponse:
+async def export_status(request: Request, job_id: str) -> Response:
     _authorized(request)
-    status = await _cluster(request).get(_job_id(job_id))
-    return JSONResponse(_view(request, status))
+    token = _token(request)
+    body = await _cluster(request).status_body(_job_id(job_id), token,
+                                               lambda s: _status_answer(s, token))
+    return Response(body, media_type="application/json")
 
 
 @router.get("/api/export/{job_id}/pieces",
@@ -178,7 +200,8 @@ async def export_pieces(request: Request, job_id: str) -> JSONResponse:
 async def export_events(request: Request, job_id: str) -> StreamingResponse:
     _authorized(request)
     cluster = _cluster(request)
-    first = await cluster.get(_job_id(job_id))
+    cluster.status_cache()  # started on first use: streams then wait on it, not the actor
+    first = await cluster.cached(_job_id(job_id))
     # A reconnecting EventSource sends the id of the last event it got: send only newer.
     seen = request.headers.get("last-event-id", "")
     last_seen = int(seen) if seen.isascii() and seen.isdigit() and len(seen) < 19 else -1
@@ -194,17 +217,14 @@ async def export_events(request: Request, job_id: str) -> StreamingResponse:
         # proxy that stays pending there, and 20 open streams piled up enough of them to
         # make status answers take seconds (load benchmark). StreamingResponse already
         # ends this generator when the client goes away.
-        while not status.status.terminal:
-            try:
-                nxt = await cluster.wait_change(job_id, status.version,
-                                                EVENT_KEEPALIVE_SECONDS)
-            except (ClusterError, RayError):
-                return  # the cluster is going away: end the stream, the client reconnects
-            if nxt.version == status.version:
-                yield b": keep-alive\n\n"
-                continue
-            status = nxt
-            yield _sse(_view(request, status), status.version)
+        try:
+            async for nxt in cluster.follow(status, EVENT_KEEPALIVE_SECONDS):
+                if nxt is None:
+                    yield b": keep-alive\n\n"
+                else:
+                    yield _sse(_view(request, nxt), nxt.version)
+        except (ClusterError, RayError):
+            return  # the cluster is going away: end the stream, the client reconnects
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

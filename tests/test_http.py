@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -11,7 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
+import ray
 
+from cluster.api import CutfarmCluster
+from cluster.coordinator import COORDINATOR_NAME, STATUS_NAME
+from cluster.jobs import JobState, JobStatus
 from tests import mediagen as mg
 from tests.conftest import MediaRoot as Media
 from tests.http_support import Api, poll, running_api
@@ -384,3 +389,180 @@ def test_events_carry_ids_and_a_reconnect_resumes_after_them(client: httpx.Clien
                        headers={"Last-Event-ID": str(ids[0])}) as stream:
         again = [line for line in stream.iter_lines() if line.startswith("data:")]
     assert len(again) == 1 and json.loads(again[0][5:])["status"] == "completed"
+
+
+# --------------------------------------------------------------------------- issue 12: cache
+# Status polls and event streams are answered from the replica's status cache, fed by the
+# status actor's change feed. These jobs are records made straight on the status actor
+# (no coordinator runs them), so each change is made by the test, from outside the replica.
+
+
+def _actors(api: Api) -> tuple[Any, Any]:
+    ns = api.settings.namespace
+    return ray.get_actor(STATUS_NAME, namespace=ns), ray.get_actor(COORDINATOR_NAME, namespace=ns)
+
+
+def _record(status_actor: Any, job_id: str) -> JobStatus:
+    doc: JobStatus = ray.get(status_actor.create.remote(job_id, {"version": 1, "id": job_id},
+                                                        0, []))[0]
+    return doc
+
+
+def _until(client: httpx.Client, job_id: str, done: Any, timeout: float = 3.0) -> float:
+    """Seconds until GET status satisfies ``done`` (fails after ``timeout``)."""
+    start = time.monotonic()
+    while True:
+        r = client.get(f"/api/export/{job_id}/status")
+        if r.status_code == 200 and done(r.json()):
+            return time.monotonic() - start
+        assert time.monotonic() - start < timeout, r.text
+        time.sleep(0.02)
+
+
+def _editor_bytes(doc: JobStatus, **extra: Any) -> bytes:
+    """The status answer as the API has always rendered it (JSONResponse of the view)."""
+    view = {"jobId": doc.job_id, "status": doc.status.value, "progress": round(doc.progress, 4),
+            "message": doc.message, **extra, "stage": doc.stage, "etaSeconds": doc.eta_seconds,
+            "createdAt": doc.created_at, "updatedAt": doc.updated_at}
+    return json.dumps(view, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def test_changes_made_elsewhere_reach_the_poll_in_the_editors_shape(
+        api: Api, client: httpx.Client) -> None:
+    status_actor, coordinator = _actors(api)
+    doc = _record(status_actor, "export-elsewhere")
+    r = client.get("/api/export/export-elsewhere/status")
+    assert r.headers["content-type"] == "application/json"
+    assert r.content == _editor_bytes(doc)
+    # Changed by the status actor's other clients, not through this replica.
+    ray.get(status_actor.update.remote("export-elsewhere", {
+        "status": JobState.PROCESSING, "stage": "planning", "message": "Planning the export"}))
+    assert _until(client, "export-elsewhere", lambda b: b["stage"] == "planning") < 2.0
+    doc = ray.get(status_actor.get.remote("export-elsewhere"))
+    assert client.get("/api/export/export-elsewhere/status").content == _editor_bytes(doc)
+    ray.get(coordinator.cancel.remote("export-elsewhere"))
+    assert _until(client, "export-elsewhere", lambda b: b["status"] == "cancelled") < 2.0
+    # A finished job's answer, download link included, is what it always was.
+    _record(status_actor, "export-done-elsewhere")
+    done = ray.get(status_actor.update.remote("export-done-elsewhere", {
+        "status": JobState.COMPLETED, "stage": "done", "message": "Export complete",
+        "download_url": "/api/export/export-done-elsewhere/download"}))
+    _until(client, "export-done-elsewhere", lambda b: b["status"] == "completed")
+    assert client.get("/api/export/export-done-elsewhere/status").content == _editor_bytes(
+        done, downloadUrl="/api/export/export-done-elsewhere/download")
+
+
+def test_writes_through_the_api_are_read_at_once(api: Api, client: httpx.Client) -> None:
+    status_actor, _ = _actors(api)
+    for n in range(8):
+        job_id = f"export-rw-{n}"
+        _record(status_actor, job_id)
+        assert client.get(f"/api/export/{job_id}/status").json()["status"] == "pending"
+        assert client.delete(f"/api/export/{job_id}").json()["status"] == "cancelled"
+        assert client.get(f"/api/export/{job_id}/status").json()["status"] == "cancelled"
+        assert client.delete(f"/api/export/{job_id}").json()["message"] == "Export deleted"
+        assert client.get(f"/api/export/{job_id}/status").status_code == 404
+    cfg = editor_config("export-rw-submit", segments=[(0, 0.0, 1.0)])
+    cfg["accuracy"] = "keyframe"
+    assert client.post("/api/export", json=cfg).status_code == 200
+    assert client.get("/api/export/export-rw-submit/status").status_code == 200
+    assert poll(client, "export-rw-submit")["status"] == "completed"
+
+
+def _read_events(api: Api, job_id: str, into: list[tuple[int, dict[str, Any]]],
+                 headers: dict[str, str] | None = None) -> threading.Thread:
+    def read() -> None:
+        with api.client() as c, c.stream("GET", f"/api/export/{job_id}/events",
+                                         headers=headers or {}) as stream:
+            event_id = -1
+            for line in stream.iter_lines():
+                if line.startswith("id: "):
+                    event_id = int(line[4:])
+                elif line.startswith("data:"):
+                    into.append((event_id, json.loads(line[5:])))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait_len(items: list[Any], n: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(items) < n:
+        assert time.monotonic() < deadline, items
+        time.sleep(0.02)
+
+
+def test_event_streams_deliver_every_state_in_order_and_resume(api: Api) -> None:
+    status_actor, _ = _actors(api)
+    _record(status_actor, "export-states")
+    events: list[tuple[int, dict[str, Any]]] = []
+    reader = _read_events(api, "export-states", events)
+    _wait_len(events, 1)
+    ray.get(status_actor.update.remote("export-states", {
+        "status": JobState.PROCESSING, "stage": "planning"}))
+    # Three changes sent at once: the stream still shows each state the job entered.
+    ray.get([status_actor.update.remote("export-states", {"stage": "rendering"}),
+             status_actor.update.remote("export-states", {"stage": "assembling"}),
+             status_actor.update.remote("export-states", {
+                 "status": JobState.COMPLETED, "stage": "done",
+                 "download_url": "/api/export/export-states/download"})])
+    reader.join(10)
+    assert not reader.is_alive()
+    states = [(e["status"], e["stage"]) for _, e in events]
+    assert states == [("pending", "queued"), ("processing", "planning"),
+                      ("processing", "rendering"), ("processing", "assembling"),
+                      ("completed", "done")]
+    ids = [i for i, _ in events]
+    assert ids == sorted(set(ids))
+    # Resume: a client that has the current version gets nothing until the next change.
+    doc = _record(status_actor, "export-resume")
+    resumed: list[tuple[int, dict[str, Any]]] = []
+    reader = _read_events(api, "export-resume", resumed, {"Last-Event-ID": str(doc.version)})
+    time.sleep(0.5)
+    assert resumed == []
+    ray.get(status_actor.update.remote("export-resume", {"message": "later"}))
+    _wait_len(resumed, 1)
+    assert resumed[0][0] > doc.version and resumed[0][1]["message"] == "later"
+    ray.get(status_actor.update.remote("export-resume", {"status": JobState.FAILED,
+                                                         "error": "stop"}))
+    reader.join(10)
+    assert [e["status"] for _, e in resumed] == ["pending", "failed"]
+
+
+def test_a_restarted_status_actor_is_followed_again(api: Api, client: httpx.Client) -> None:
+    """Last in this module: it restarts the status actor under the running app."""
+    status_actor, coordinator = _actors(api)
+    _record(status_actor, "export-restart")
+    assert client.get("/api/export/export-restart/status").status_code == 200
+
+    async def feed_across_a_restart() -> None:
+        # The replica's code, in this process: watch its feed notice and recover.
+        cluster = CutfarmCluster(api.settings, status_actor, coordinator)
+        cache = cluster.status_cache()
+        assert cache is not None
+        try:
+            await _eventually(lambda: cache.live, 30)
+            epoch = cache.epoch
+            assert (await cluster.get("export-restart")).status == JobState.PENDING
+            ray.kill(status_actor, no_restart=False)
+            await _eventually(lambda: cache.live and cache.epoch != epoch, 60)
+            await status_actor.update.remote("export-restart", {"message": "after"})
+            await _eventually(lambda: getattr(cache.peek("export-restart"), "message",
+                                              None) == "after", 5)
+        finally:
+            cache.stop()
+
+    asyncio.run(feed_across_a_restart())
+    # The app's replica: never stale for good, and current again within seconds.
+    ray.get(status_actor.update.remote("export-restart", {"message": "newest"}))
+    assert _until(client, "export-restart", lambda b: b["message"] == "newest", 30) < 30
+    ray.get(status_actor.update.remote("export-restart", {"message": "newer still"}))
+    assert _until(client, "export-restart", lambda b: b["message"] == "newer still") < 2.0
+
+
+async def _eventually(check: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
