@@ -33,6 +33,9 @@ def direct_ingress_env(port: int) -> dict[str, str]:
         DIRECT_FLAG: "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),
+        # Serve keeps a stopping replica answering for 30 s so that load balancers notice;
+        # with one replica on its own port nobody needs that, and `serve` should stop fast.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     }
 
 
