@@ -53,6 +53,8 @@ _PARAM_TYPES = {"h264": frozenset({7, 8}), "hevc": frozenset({32, 33, 34})}
 #: In-band units the conformant track cannot carry: H.264 SPS extension and subset SPS.
 _FOREIGN_SETS = {"h264": frozenset({13, 15}), "hevc": frozenset[int]()}
 _VCL = {"h264": frozenset(range(1, 6)), "hevc": frozenset(range(32))}
+#: Every parameter-set unit type a sample may carry in-band (the probe collects them).
+INBAND_TYPES = {codec: _PARAM_TYPES[codec] | _FOREIGN_SETS[codec] for codec in _PARAM_TYPES}
 _AUD = {"h264": 9, "hevc": 35}
 _START = b"\x00\x00\x00\x01"
 _KIND_ORDER = {"vps": 0, "sps": 1, "pps": 2}
@@ -337,7 +339,7 @@ def inband_sets(fh: BinaryIO, codec: str, offset: int, size: int, length_size: i
                 ) -> list[bytes]:
     """The parameter-set NAL units ahead of a sample's first slice, read unit by unit."""
     fd = fh.fileno()
-    wanted = _PARAM_TYPES[codec] | _FOREIGN_SETS[codec]
+    wanted = INBAND_TYPES[codec]
     units: list[bytes] = []
     pos = 0
     while pos + length_size + 2 <= size:

@@ -108,8 +108,7 @@ def matched_settings(src: SourceInfo, *, crf: int | None = None, preset: str = "
         colorspace=v.colorspace,
         color_range=v.color_range,
         rotation=v.format.rotation,
-        # A variable-rate source's exact mean rate can need 32-bit-overflowing terms.
-        rate=v.index.frame_rate.limit_denominator(1001),
+        rate=v.index.frame_rate,
     )
 
 
@@ -140,6 +139,7 @@ def open_encoder(s: EncoderSettings, time_base: Fraction, frames: int) -> av.Vid
     if s.sample_aspect_ratio:
         ctx.sample_aspect_ratio = s.sample_aspect_ratio
     if s.rate:
+        # A variable-rate source's exact mean rate can need terms beyond 32 bits.
         ctx.framerate = s.rate.limit_denominator(1001)
     keyint = s.gop or max(frames, 1)
     bframes = s.bframes if frames > 2 else 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
@@ -103,7 +104,7 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
     length_size = 4
     if codec in NAL_CODECS:
         length_size = _length_size(codec, bytes(cc.extradata or b""), name)
-    rap, decode_start = _random_access_points(path, codec, track, length_size)
+    access = _random_access_points(path, codec, track, length_size)
     # The file's own presentation clock, as FFmpeg, ffprobe, a browser's <video> and the
     # editor's playhead read it: the first shown frame may sit after 0 (B-frame delay
     # without an edit list, an empty edit). Samples an edit list hides stay in the index
@@ -112,10 +113,10 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
         time_base=Fraction(1, track.timescale),
         pts=track.pts.astype(np.int64),
         duration=track.duration.astype(np.int64),
-        rap=rap,
+        rap=access.rap,
         size=track.size.astype(np.int64),
         shown=_shown_range(track, name),
-        decode_start=decode_start,
+        decode_start=access.start,
     )
     pix_fmt = cc.format.name if cc.format is not None else "unknown"
     vformat = VideoFormat(codec, cc.width, cc.height, pix_fmt,
@@ -137,7 +138,7 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
         stream_index=vs.index,
         records=tuple(e.config or b"" for e in track.sample_entries),
         stsd=np.asarray(track.stsd_index, dtype=np.int64),
-        inband=_inband_sets(path, codec, track, rap, length_size),
+        inband=access.inband,
     )
     audio = _probe_audio(container)
     timecode = vs.metadata.get("timecode") or container.metadata.get("timecode")
@@ -246,41 +247,55 @@ def _length_size(codec: str, extradata: bytes, name: str) -> int:
         ) from exc
 
 
+@dataclass(frozen=True)
+class _Access:
+    rap: np.ndarray  # a copy may start here
+    start: np.ndarray | None  # decoding may start here (None: where a copy may)
+    inband: dict[int, tuple[bytes, ...]] | None  # parameter sets ahead of each RAP's slices
+
+
 def _random_access_points(
     path: Path, codec: str, track: mp4index.TrackTable, length_size: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """(copy may start here, decoding may start here) per sample.
+) -> _Access:
+    """Where copies and decoding may start, and the in-band parameter sets there.
 
     Only the container's sync samples are inspected, reading a few bytes of each NAL unit
-    (and the SEI units whole, which are small): an H.264 I-frame with a recovery point SEI
-    (an open-GOP camera) is where decoding can start without going back to the last IDR,
-    though a copy cannot.
+    (SEI and parameter-set units whole, which are small): an H.264 I-frame with a recovery
+    point SEI (an open-GOP camera) is where decoding can start without going back to the
+    last IDR, though a copy cannot; the sets are what the plan's one sample description
+    needs (render/bitstream.py), collected here, near the data.
     """
     sync = np.asarray(track.sync, dtype=bool).copy()
     if codec not in NAL_CODECS:
-        return sync, None
+        return _Access(sync, None, None)
     rap = np.zeros_like(sync)
     start = np.zeros_like(sync)
+    inband: dict[int, tuple[bytes, ...]] = {}
+    shared: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}  # cameras repeat the same sets
     with path.open("rb", buffering=0) as fh:
         for i in np.flatnonzero(sync):
             nals = _sample_nals(fh, int(track.offset[i]), int(track.size[i]), length_size, codec)
             types = [t for t, _ in nals]
             rap[i] = _is_rap(codec, types)
             start[i] = rap[i] or (codec == "h264" and _is_recovery_point(nals))
-    return rap, start
+            units = tuple(b for t, b in nals if t in bitstream.INBAND_TYPES[codec])
+            if rap[i] and units:
+                inband[int(i)] = shared.setdefault(units, units)
+    return _Access(rap, start, inband)
 
 
 #: Bytes read of a non-SEI NAL unit: its header and the first fields of a slice header.
 _NAL_HEAD = 16
 _MAX_SEI = 4096
+_MAX_SET = 65536
 
 
 def _sample_nals(fh: BinaryIO, offset: int, size: int, length_size: int,
                  codec: str) -> list[tuple[int, bytes]]:
     """(type, leading bytes) of each NAL unit of one sample, up to the first slice.
 
-    SEI units are read whole (up to 4 KiB), the others only as far as a slice header's
-    first fields.
+    SEI and parameter-set units are read whole (up to 4 KiB / 64 KiB), the others only as
+    far as a slice header's first fields.
     """
     found: list[tuple[int, bytes]] = []
     pos = 0
@@ -294,32 +309,17 @@ def _sample_nals(fh: BinaryIO, offset: int, size: int, length_size: int,
             break  # padding or damage: nothing after it is a unit of this sample
         body = head[length_size:length_size + nal_len]
         kind = nal.nal_type_h264(body) if codec == "h264" else nal.nal_type_hevc(body)
-        if codec == "h264" and kind == nal.H264_SEI and nal_len > len(body):
+        whole = (_MAX_SEI if codec == "h264" and kind == nal.H264_SEI
+                 else _MAX_SET if kind in bitstream.INBAND_TYPES[codec] else 0)
+        if whole and nal_len > len(body):
             fh.seek(offset + pos + length_size)
-            body = fh.read(min(nal_len, _MAX_SEI))
+            body = fh.read(min(nal_len, whole))
         found.append((kind, body))
         if (codec == "h264" and 1 <= kind <= 5) or (codec == "hevc" and kind < 32):
             break  # the first slice: nothing after it matters here
         pos += length_size + nal_len
         if len(found) > 64:
             break
-    return found
-
-
-def _inband_sets(path: Path, codec: str, track: mp4index.TrackTable, rap: np.ndarray,
-                 length_size: int) -> dict[int, tuple[bytes, ...]] | None:
-    """Parameter sets each random-access sample carries ahead of its slices (a few small
-    reads each), for the plan's one sample description (render/bitstream.py)."""
-    if codec not in NAL_CODECS:
-        return None
-    found: dict[int, tuple[bytes, ...]] = {}
-    shared: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}  # cameras repeat the same sets
-    with path.open("rb", buffering=0) as fh:
-        for i in np.flatnonzero(rap):
-            units = tuple(bitstream.inband_sets(fh, codec, int(track.offset[i]),
-                                                int(track.size[i]), length_size))
-            if units:
-                found[int(i)] = shared.setdefault(units, units)
     return found
 
 

@@ -53,22 +53,31 @@ class Serving:
         return f"{self.url} (pid {self.pid}, Ray at {self.ray_address})"
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Refuse early when something already listens where the API should."""
+def check_port_free(host: str, port: int, patience: float = 10.0) -> None:
+    """Refuse early when something already listens where the API should.
+
+    A ``serve`` stopped a moment ago may still be letting its port go (its API replica is
+    among the last processes to end), so a busy port is tried again for ``patience`` s.
+    """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ServeRefusedError(f"--host {host!r} is not an address of this machine") \
             from exc
     family, _, _, _, address = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(address)
-        except OSError as exc:
-            raise ServeRefusedError(
-                f"port {port} on {host} is already in use (another cutfarm serve or another "
-                f"program); stop it or choose another one with --port") from exc
+    deadline = time.monotonic() + patience
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(address)
+                return
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    raise ServeRefusedError(
+                        f"port {port} on {host} is already in use (another cutfarm serve or "
+                        "another program); stop it or choose another one with --port") from exc
+        time.sleep(0.25)
 
 
 @contextlib.contextmanager
