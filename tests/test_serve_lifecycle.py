@@ -73,7 +73,10 @@ def start(root: Path, port: int, env: dict[str, str], *extra: str) -> Server:
     while "Press Ctrl-C" not in server.text():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise AssertionError(f"serve did not come up:\n{server.text()[-3000:]}")
+            listeners = subprocess.run(["ss", "-tanp", f"sport = :{port}"],
+                                       capture_output=True, text=True, check=False).stdout
+            raise AssertionError(f"serve did not come up:\n{server.text()[-3000:]}\n"
+                                 f"sockets on {port}: {listeners}")
         time.sleep(0.3)
     return server
 
