@@ -53,7 +53,7 @@ class Serving:
         return f"{self.url} (pid {self.pid}, Ray at {self.ray_address})"
 
 
-def check_port_free(host: str, port: int, patience: float = 20.0) -> None:
+def check_port_free(host: str, port: int, patience: float = 5.0) -> None:
     """Refuse early when something already listens where the API should.
 
     A ``serve`` stopped a moment ago may still be letting its port go (its API replica is

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests import mediagen as mg
-from tests.http_support import free_port
+from tests.http_support import free_port, stable_port
 from tests.procs import descendants
 
 CUTFARM = [sys.executable, "-m", "serve_app.cli"]
@@ -178,7 +178,7 @@ def test_sigterm_stops_cleanly_and_the_next_start_resumes(
     (root / "sources").mkdir(parents=True)
     mg.make_camera(root / "sources" / "slow.mp4", SLOW_CAMERA)
     env = env_for(home)
-    port = free_port()
+    port = stable_port()  # the restart below needs it again
     server = start(root, port, env, "--ray-address", "local")
     job_id = "export-interrupted"
     try:
