@@ -8,6 +8,7 @@ with, so middlewares (body limit, CORS) and the token always match the replica's
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ray import serve
@@ -16,6 +17,7 @@ from cluster.api import CutfarmCluster
 from cluster.settings import Settings, get_settings
 
 from .api import create_app
+from .ingress import DIRECT_FLAG, allow_rebind_over_time_wait
 
 #: A download or an events stream holds a request slot for its whole length.
 MAX_ONGOING_REQUESTS = 100
@@ -25,6 +27,8 @@ MAX_ONGOING_REQUESTS = 100
 @serve.ingress()
 class ExportAPI:
     def __init__(self, settings: Settings) -> None:
+        if os.environ.get(DIRECT_FLAG) == "1":
+            allow_rebind_over_time_wait()
         self.settings = settings
         self.cluster = CutfarmCluster.connect(settings)
 

@@ -21,8 +21,11 @@ would find no free port in the range.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 from collections.abc import Iterator
+from typing import Any
 
 DIRECT_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
 
@@ -53,3 +56,35 @@ def ingress_environment(mode: str, port: int) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def allow_rebind_over_time_wait() -> None:
+    """Make the direct-ingress listener bind like every other server: with SO_REUSEADDR.
+
+    Serve 2.60 binds the replica's listener without it. Connections the server closed (an
+    idle browser tab's keep-alive when ``serve`` stops) then sit in TIME_WAIT on the public
+    port for 60 s, and a restart within that minute cannot bind: the replica fails, Serve
+    marks the port blocked, and the API never comes up. Serve's helper sets SO_REUSEADDR
+    together with SO_REUSEPORT; the port range of one port already keeps a second replica off
+    it, and ``serve`` refuses a port that something is listening on before starting.
+
+    Called in the replica before Serve starts the listener; a Serve without the helper
+    (another version) is left as it is.
+    """
+    try:
+        from ray.serve._private import replica
+    except ImportError:  # pragma: no cover - another Ray layout
+        return
+    original = getattr(replica, "start_asgi_http_server", None)
+    if original is None or getattr(original, "_cutfarm_rebind", False):
+        return
+    if "enable_so_reuseport" not in inspect.signature(original).parameters:
+        return
+
+    @functools.wraps(original)
+    async def start_with_reuse(*args: Any, **kwargs: Any) -> Any:
+        kwargs["enable_so_reuseport"] = True
+        return await original(*args, **kwargs)
+
+    start_with_reuse._cutfarm_rebind = True  # type: ignore[attr-defined]
+    replica.start_asgi_http_server = start_with_reuse

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -227,3 +228,30 @@ def test_dashboard_login_hint_names_where_the_token_is(tmp_path: Path) -> None:
         .startswith("log in with the token in /run/secrets/ray")
     assert "RAY_AUTH_TOKEN" in dashboard_login_hint({"RAY_AUTH_TOKEN": "x"}, tmp_path)
     assert dashboard_login_hint({"RAY_AUTH_MODE": "disabled"}, tmp_path).startswith("no login")
+
+
+def test_serve_restarts_at_once_on_a_port_with_connections_in_time_wait(
+        roots: tuple[Path, Path, Path]) -> None:
+    """A browser's idle keep-alive connection, closed by the server as it stops, leaves a
+    TIME_WAIT on the server's side of the port for 60 s; a restart must not wait for it."""
+    home, root, _ = roots
+    env = env_for(home)
+    port = stable_port()
+    server = start(root, port, env, "--ray-address", "local")
+    try:
+        conn = socket.create_connection(("127.0.0.1", port), timeout=60)
+        conn.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        assert server.stop(signal.SIGTERM) == 0, server.text()[-3000:]
+    with conn:
+        while conn.recv(65536):  # until the server's FIN, then ours
+            pass
+    waits = subprocess.run(["ss", "-tanH", "state", "time-wait", f"sport = :{port}"],
+                           capture_output=True, text=True, check=True).stdout
+    assert waits.strip(), "the server did not close first: nothing to test"
+    again = start(root, port, env, "--ray-address", "local")
+    try:
+        assert healthy(again.url), again.text()[-3000:]
+    finally:
+        assert again.stop(signal.SIGTERM) == 0, again.text()[-3000:]
