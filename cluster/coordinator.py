@@ -402,7 +402,7 @@ class Coordinator:
         free = await asyncio.to_thread(self.store.free_bytes)
         self._admit(run, prep, free)
         work: str | None = None
-        if s.media_roots[0].volume is None:  # exports are shared: pieces go there as files
+        if s.export_volume is None:  # exports are shared: pieces go there as files
             work_path = self.store.work_dir(job_id)
             await asyncio.to_thread(work_path.mkdir, parents=True, exist_ok=True)
             work = str(work_path)

@@ -20,6 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from render.engine import Prepared
 from render.plan import CopyPiece, EncodePiece
+from render.sourcefile import LocalFile
 
 from .settings import VOLUME_LABEL_PREFIX, Settings
 
@@ -75,7 +76,8 @@ def volume_nodes(nodes: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
 
 
 def source_volumes(prep: Prepared, settings: Settings) -> dict[int, str | None]:
-    return {i: settings.volume_of(src.path) for i, src in prep.sources.items()}
+    return {i: settings.volume_of(src.file.path) if isinstance(src.file, LocalFile) else None
+            for i, src in prep.sources.items()}
 
 
 def encode_memory(width: int, height: int, pix_fmt: str) -> int:
@@ -85,7 +87,7 @@ def encode_memory(width: int, height: int, pix_fmt: str) -> int:
 
 def concat_volume(prep: Prepared, settings: Settings) -> str | None:
     """The concat actor goes where the output is written, else where most copied bytes are."""
-    export_volume = settings.media_roots[0].volume
+    export_volume = settings.export_volume
     if export_volume is not None:
         return export_volume
     volumes = source_volumes(prep, settings)

@@ -9,10 +9,13 @@ Secrets (``CUTFARM_API_TOKEN``, ``CUTFARM_WEBHOOK_SECRET``) are ``SecretStr``: t
 show in a repr, a log line or an error. Each may instead be given as ``NAME_FILE``, the
 path of a file holding it (Docker and Kubernetes secrets are mounted as files).
 
-Media roots: ``CUTFARM_MEDIA_ROOTS`` is a comma-separated list of ``PATH`` or
-``PATH=VOLUME``. A root without a volume is shared (every node sees it at the same path); a
-root with a volume lives on the nodes labelled ``cutfarm.io/media-VOLUME=true``, and work
-that reads it prefers those nodes. The first root also holds ``exports/``.
+Media roots: ``CUTFARM_MEDIA_ROOTS`` is a comma-separated list of ``PATH``, ``PATH=VOLUME``
+or ``s3://bucket/prefix``. A folder without a volume is shared (every node sees it at the
+same path); a folder with a volume lives on the nodes labelled
+``cutfarm.io/media-VOLUME=true``, and work that reads it prefers those nodes; a bucket is
+read by byte ranges from any node (render/objectstore), with boto3's standard endpoint and
+credentials. A source name is looked up in each root's ``sources/`` in order. Exports go
+to ``CUTFARM_EXPORT_ROOT``, by default ``exports/`` in the first folder root.
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -35,6 +45,9 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from render.objectstore import InvalidLocationError, S3Location, is_s3_url
+from render.paths import MediaLocation
 
 DEFAULT_MEDIA_ROOT = "./data"
 DEFAULT_HOST = "127.0.0.1"
@@ -59,8 +72,14 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class MediaRoot:
-    path: Path
+    #: A folder, or a bucket and prefix (sources only: S3 is shared by every node).
+    path: Path | S3Location
     volume: str | None = None  # None: shared, visible on every node
+
+    @property
+    def folder(self) -> Path | None:
+        """The root's folder; None for a root in S3."""
+        return self.path if isinstance(self.path, Path) else None
 
     @property
     def label(self) -> str | None:
@@ -141,6 +160,17 @@ class Settings(BaseSettings):
     #: through Serve's proxy actor, "auto": direct when `cutfarm serve` starts its own Ray.
     ingress: Literal["auto", "proxy", "direct"] = Field(
         "auto", validation_alias=AliasChoices("CUTFARM_INGRESS"))
+    #: Where jobs and their outputs live; default ``exports/`` in the first folder root.
+    export_dir: Path | None = _env("CUTFARM_EXPORT_ROOT")
+
+    @model_validator(mode="after")
+    def _somewhere_to_export(self) -> Settings:
+        if self.export_dir is None and not any(r.folder for r in self.media_roots):
+            raise ValueError(
+                "CUTFARM_EXPORT_ROOT: every media root is in S3, so exports need a folder of "
+                "their own: set CUTFARM_EXPORT_ROOT (or --export-root) to a local or shared "
+                "folder (writing exports to S3 is not supported yet)")
+        return self
 
     @field_validator("media_roots", mode="before")
     @classmethod
@@ -167,10 +197,21 @@ class Settings(BaseSettings):
 
     @property
     def export_root(self) -> Path:
-        return self.media_roots[0].path / "exports"
+        if self.export_dir is not None:
+            return self.export_dir
+        return self._first_folder.path / "exports"  # type: ignore[operator]
 
     @property
-    def root_paths(self) -> list[Path]:
+    def export_volume(self) -> str | None:
+        """The volume the export root is on (None: shared)."""
+        return None if self.export_dir is not None else self._first_folder.volume
+
+    @property
+    def _first_folder(self) -> MediaRoot:
+        return next(r for r in self.media_roots if r.folder is not None)
+
+    @property
+    def root_paths(self) -> list[MediaLocation]:
         return [r.path for r in self.media_roots]
 
     @property
@@ -186,9 +227,17 @@ class Settings(BaseSettings):
         """The volume a source path lives on (None: shared)."""
         real = path.resolve()
         for root in self.media_roots:
-            if real.is_relative_to(root.path.resolve()):
+            if root.folder is not None and real.is_relative_to(root.folder.resolve()):
                 return root.volume
         return None
+
+    def with_changes(self, **changes: Any) -> Settings:
+        """These settings with ``changes`` (validated); SettingsError names the one at
+        fault."""
+        try:
+            return type(self).model_validate({**dict(self), **changes})
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -211,7 +260,8 @@ def _describe(exc: ValidationError) -> str:
     if isinstance(alias, AliasChoices):
         name = str(alias.choices[0])
     message = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
-    if message.startswith(f"{name}:"):  # our own parser already named it
+    if message.startswith(f"{name}:") or re.match(r"CUTFARM_[A-Z_]+: ", message):
+        # our own parser or validator already named it
         return message
     return f"{name}: {message}, got {err.get('input')!r}" if "input" in err else \
         f"{name}: {message}"
@@ -235,6 +285,8 @@ def to_env(settings: Settings) -> dict[str, str]:
         "CUTFARM_DISK_HEADROOM_BYTES": str(settings.disk_headroom_bytes),
         "CUTFARM_INGRESS": settings.ingress,
     }
+    if settings.export_dir is not None:
+        env["CUTFARM_EXPORT_ROOT"] = str(settings.export_dir)
     if settings.token:
         env["CUTFARM_API_TOKEN"] = settings.token
     if settings.webhook_key:
@@ -251,6 +303,9 @@ def parse_media_roots(text: str) -> tuple[MediaRoot, ...]:
     for item in (t.strip() for t in text.split(",")):
         if not item:
             continue
+        if is_s3_url(item):
+            roots.append(_bucket_root(item))
+            continue
         path, _, volume = item.partition("=")
         if volume and not _VOLUME_RE.match(volume):
             raise SettingsError(
@@ -261,6 +316,18 @@ def parse_media_roots(text: str) -> tuple[MediaRoot, ...]:
     if not roots:
         raise SettingsError("CUTFARM_MEDIA_ROOTS names no folder")
     return tuple(roots)
+
+
+def _bucket_root(item: str) -> MediaRoot:
+    url, _, volume = item.partition("=")
+    if volume:
+        raise SettingsError(
+            f"CUTFARM_MEDIA_ROOTS: {url} is in S3, which every node reads alike; it takes "
+            f"no volume (remove '={volume}')")
+    try:
+        return MediaRoot(S3Location.parse(url))
+    except InvalidLocationError as exc:
+        raise SettingsError(f"CUTFARM_MEDIA_ROOTS: {exc}") from None
 
 
 @lru_cache(maxsize=1)

@@ -38,6 +38,7 @@ from render.engine import Prepared, probe_source
 from render.errors import RenderError
 from render.media import SourceInfo
 from render.mux import read_copy_piece
+from render.paths import media_location
 from render.plan import EncodePiece
 
 from .jobs import PiecePlacement
@@ -145,7 +146,7 @@ def probe_task(config: dict[str, Any], roots: list[str]) -> dict[int, SourceInfo
     out: dict[int, SourceInfo | RenderError] = {}
     for i in sorted({s.source_index for s in cfg.segments}):
         try:
-            out[i] = probe_source(cfg, i, [Path(r) for r in roots])
+            out[i] = probe_source(cfg, i, [media_location(r) for r in roots])
         except RenderError as exc:
             out[i] = exc
     return out

@@ -93,7 +93,7 @@ def layout_warnings(target: AudioTarget, sources: Mapping[int, SourceInfo],
         audio = sources[i].audio
         if audio is None or audio.channels <= target.channels:
             continue
-        out.append(f"sources[{i}] ({sources[i].path.name}) has {audio.channels}-channel audio "
+        out.append(f"sources[{i}] ({sources[i].name}) has {audio.channels}-channel audio "
                    f"({audio.layout}); the export's audio is {target.layout}, so it is "
                    "downmixed")
     return out
@@ -212,7 +212,7 @@ def _decode_span(src: SourceInfo, start: Fraction, n: int, target: AudioTarget) 
     stream_origin = src.audio.start  # container time of sample 0
     produced = 0
     try:
-        with av.open(str(src.path), metadata_errors="ignore") as container:
+        with av.open(src.file.demux_input(), "r", metadata_errors="ignore") as container:
             ast = container.streams.audio[0]
             tb = Fraction(ast.time_base) if ast.time_base is not None else Fraction(1, rate)
             seek_to = stream_origin + Fraction(want, rate) - PREROLL_SECONDS
@@ -240,7 +240,7 @@ def _decode_span(src: SourceInfo, start: Fraction, n: int, target: AudioTarget) 
                     break
     except av.error.FFmpegError as exc:
         raise CorruptMediaError(
-            f"the audio of source file {src.path.name!r} cannot be decoded: {exc}"
+            f"the audio of source file {src.name!r} cannot be decoded: {exc}"
         ) from exc
     if produced < n:  # the audio ends before the picture: pad with silence
         yield from _silence(n - produced, target.channels)

@@ -292,8 +292,8 @@ def camera_epochs(plan: Plan, sources: Mapping[int, SourceInfo]) -> list[tuple[s
             src = sources[piece.source]
             fh = handles.get(piece.source)
             if fh is None and src.video.inband is None:  # not probed here: read the file
-                fh = handles[piece.source] = src.path.open("rb")
-            label = f"sources[{piece.source}] ({src.path.name})"
+                fh = handles[piece.source] = src.file.open()
+            label = f"sources[{piece.source}] ({src.name})"
             try:
                 for key in _piece_epochs(piece, src, fh):
                     out.setdefault(key, label)

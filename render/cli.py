@@ -19,6 +19,7 @@ from types import FrameType
 from .config import ExportConfig, parse_config, unknown_field_warnings
 from .engine import Progress, describe_plan, execute, prepare
 from .errors import CancelledError, RenderError
+from .paths import media_location
 
 
 def load_json(path: str) -> object:
@@ -71,7 +72,7 @@ class _Bar:
 
 def cmd_render(args: argparse.Namespace) -> int:
     config = _config(args.config)
-    roots = [Path(r) for r in args.media_root]
+    roots = [media_location(r) for r in args.media_root]
     out = Path(args.output) if args.output else Path(f"{config.id}.{config.output.format}")
     cancel = threading.Event()
 
@@ -95,7 +96,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     config = _config(args.config)
-    prep = prepare(config, [Path(r) for r in args.media_root])
+    prep = prepare(config, [media_location(r) for r in args.media_root])
     print_warnings(prep.warnings)
     print("\n".join(describe_plan(prep)))
     return 0
@@ -106,7 +107,7 @@ def add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     r = sub.add_parser("render", help="run one export in this process (no server)")
     r.add_argument("config")
     r.add_argument("--media-root", action="append", required=True,
-                   help="folder holding sources/ (repeatable)")
+                   help="folder or s3://bucket/prefix holding sources/ (repeatable)")
     r.add_argument("-o", "--output")
     r.add_argument("--workers", type=int, default=2, help="parallel re-encodes")
     r.add_argument("--preset", default="fast", help="x264/x265 preset for re-encoded frames")

@@ -8,8 +8,8 @@ that might land elsewhere, and every decoded frame maps back to its display inde
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from collections.abc import Generator, Iterable, Iterator
+from typing import Any
 
 import av
 import numpy as np
@@ -18,19 +18,16 @@ from .errors import CorruptMediaError
 from .media import SourceInfo
 from .plan import EncodeRun
 from .sidedata import new_extradata
+from .sourcefile import read_samples
 
 
-def read_sample(fh: BinaryIO, src: SourceInfo, dec: int) -> bytes:
-    """Bytes of sample ``dec`` (decode order)."""
-    off = int(src.video.offset[dec])
-    size = int(src.video.index.size[dec])
-    fh.seek(off)
-    data = fh.read(size)
-    if len(data) != size:
-        raise CorruptMediaError(
-            f"source file {src.path.name!r} is truncated: sample {dec} is incomplete"
-        )
-    return data
+def source_samples(src: SourceInfo, decs: Iterable[int]) -> Generator[bytes, None, None]:
+    """The bytes of each sample in ``decs`` (decode order numbers), in that order.
+
+    Close the generator when stopping early: on S3 it has requests in flight.
+    """
+    offset, size = src.video.offset, src.video.index.size
+    return read_samples(src.file, ((int(offset[d]), int(size[d])) for d in decs))
 
 
 def open_decoder(src: SourceInfo, record: bytes | None = None) -> av.VideoCodecContext:
@@ -58,9 +55,10 @@ def decode_run(src: SourceInfo, run: EncodeRun) -> Iterator[tuple[int, av.VideoF
     current = src.video.record_of(run.decode_from)
     ctx = open_decoder(src, current)
     try:
-        with src.path.open("rb", buffering=0) as fh:
-            for dec in range(run.decode_from, run.decode_to):
-                packet = av.Packet(read_sample(fh, src, dec))
+        with contextlib.closing(source_samples(src, range(run.decode_from, run.decode_to))
+                                ) as samples:
+            for dec, data in zip(range(run.decode_from, run.decode_to), samples, strict=True):
+                packet = av.Packet(data)
                 record = src.video.record_of(dec)
                 if record != current:  # the source switches parameter sets here
                     new_extradata(record).to_packet(packet)
@@ -83,7 +81,7 @@ def decode_run(src: SourceInfo, run: EncodeRun) -> Iterator[tuple[int, av.VideoF
     if j < len(wanted):
         missing = int(wanted[j])
         raise CorruptMediaError(
-            f"source file {src.path.name!r}: frame {missing} could not be decoded "
+            f"source file {src.name!r}: frame {missing} could not be decoded "
             "(the file is damaged around that point)"
         )
 
@@ -100,7 +98,7 @@ def _decode(ctx: av.VideoCodecContext, packet: av.Packet[Any] | None,
         return ctx.decode(packet)
     except av.error.FFmpegError as exc:
         raise CorruptMediaError(
-            f"source file {src.path.name!r} cannot be decoded: {exc}"
+            f"source file {src.name!r} cannot be decoded: {exc}"
         ) from exc
 
 
@@ -113,7 +111,7 @@ def _emit(frame: av.VideoFrame, wanted: np.ndarray, j: int, disp_pts: np.ndarray
         return
     if j < len(wanted) and int(wanted[j]) < d:
         raise CorruptMediaError(
-            f"source file {src.path.name!r}: frame {int(wanted[j])} could not be decoded "
+            f"source file {src.name!r}: frame {int(wanted[j])} could not be decoded "
             "(the file is damaged around that point)"
         )
     while j < len(wanted) and int(wanted[j]) == d:

@@ -33,7 +33,7 @@ from .encode import (
 from .errors import CancelledError, ConfigError, RenderError
 from .media import SourceInfo, VideoFormat
 from .mux import LocalPieces, assemble
-from .paths import resolve_source
+from .paths import MediaLocation, locate_source
 from .plan import (
     DEFAULT_MAX_PIECE_FRAMES,
     EncodePiece,
@@ -146,23 +146,24 @@ class _Tracker:
                 self.cb(self.p)
 
 
-def probe_sources(config: ExportConfig, media_roots: Sequence[Path]) -> dict[int, SourceInfo]:
+def probe_sources(config: ExportConfig, media_roots: Sequence[MediaLocation]
+                  ) -> dict[int, SourceInfo]:
     """Probe every source a segment uses (others are never opened)."""
     used = sorted({s.source_index for s in config.segments})
     return {i: probe_source(config, i, media_roots) for i in used}
 
 
-def probe_source(config: ExportConfig, i: int, media_roots: Sequence[Path]) -> SourceInfo:
+def probe_source(config: ExportConfig, i: int, media_roots: Sequence[MediaLocation]
+                 ) -> SourceInfo:
     fld = f"sources[{i}].filePath"
-    path = resolve_source(config.sources[i].file_path, media_roots, field=fld)
     try:
-        return probe(path)
+        return probe(locate_source(config.sources[i].file_path, media_roots, field=fld))
     except RenderError as exc:
         exc.field = exc.field or fld
         raise
 
 
-def prepare(config: ExportConfig, media_roots: Sequence[Path], *,
+def prepare(config: ExportConfig, media_roots: Sequence[MediaLocation], *,
             max_piece_frames: int | None = None, max_piece_bytes: int | None = None,
             preset: str = "fast") -> Prepared:
     sources = probe_sources(config, media_roots)
@@ -252,7 +253,7 @@ def _turn_warnings(plan: Plan, sources: Mapping[int, SourceInfo]) -> list[str]:
     out_rotation = plan.out_format.rotation
     turned = sorted({c.source for c in plan.cuts
                      if sources[c.source].video.format.rotation != out_rotation})
-    return [f"sources[{i}] ({sources[i].path.name}) is shown rotated "
+    return [f"sources[{i}] ({sources[i].name}) is shown rotated "
             f"{sources[i].video.format.rotation}° and the export {out_rotation}°: its frames "
             "are re-encoded upright" for i in turned]
 
@@ -273,7 +274,7 @@ class RenderResult:
 
 def render(
     config: ExportConfig,
-    media_roots: Sequence[Path],
+    media_roots: Sequence[MediaLocation],
     out_path: Path,
     *,
     on_progress: ProgressCallback | None = None,
@@ -389,7 +390,7 @@ def describe_plan(prep: Prepared) -> list[str]:
         src = prep.sources[cut.source]
         tb = src.video.index.time_base
         lines.append(
-            f"segment {cut.segment}: source {cut.source} ({src.path.name}) frames "
+            f"segment {cut.segment}: source {cut.source} ({src.name}) frames "
             f"{cut.first}..{cut.stop - 1} ({cut.frames} frames, {float(cut.src_start):.3f}s "
             f"+ {float(cut.duration):.3f}s, output at {float(cut.out_start):.3f}s; "
             f"time base {tb})"

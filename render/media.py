@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from .sourcefile import SourceFile
+
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
@@ -220,13 +222,25 @@ class AudioTrackInfo:
 
 @dataclass(frozen=True, eq=False)
 class SourceInfo:
-    path: Path
-    size: int
+    file: SourceFile
     container: str
     video: VideoTrackInfo
     audio: AudioTrackInfo | None
     #: SMPTE start timecode of the first shown frame (a tmcd track), e.g. "01:00:00:00".
     timecode: str | None = None
+
+    @property
+    def path(self) -> Path:
+        """The file's path (an object's key, for names only, when it lives in S3)."""
+        return self.file.path
+
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+    @property
+    def size(self) -> int:
+        return self.file.size
 
     @property
     def duration(self) -> Fraction:

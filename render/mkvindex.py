@@ -97,7 +97,6 @@ starts.
 from __future__ import annotations
 
 import heapq
-import os
 import struct
 from array import array
 from collections.abc import Callable
@@ -110,6 +109,7 @@ import numpy.typing as npt
 
 from . import nal
 from .mp4index import SampleEntry, TrackTable, read_only, read_only_bool
+from .sourcefile import SourceFile, as_source_file
 
 __all__ = ["MkvIndexError", "read_mkv_tables"]
 
@@ -682,7 +682,7 @@ def _lace_vint(buf: bytes, p: int) -> tuple[int, int]:
 
 
 def read_mkv_tables(
-    path: Path | str, *, select: Callable[[int, str], bool] | None = None
+    path: Path | str | SourceFile, *, select: Callable[[int, str], bool] | None = None
 ) -> list[TrackTable]:
     """Index the tracks of a Matroska/WebM file in TrackEntry (= FFmpeg stream) order.
 
@@ -691,13 +691,13 @@ def read_mkv_tables(
     unsupported audio track need not fail a video index.  Raises
     :class:`MkvIndexError` when the file cannot be indexed this way.
     """
-    path = Path(path)
+    source = as_source_file(path)
     try:
-        with path.open("rb", buffering=0) as f:
-            scan = _scan(_Window(f, os.fstat(f.fileno()).st_size))
+        with source.open() as f:
+            scan = _scan(_Window(f, source.size))
         return _build(scan, select)
     except MkvIndexError as exc:
-        raise MkvIndexError(f"{path.name}: {exc}") from None
+        raise MkvIndexError(f"{source.name}: {exc}") from None
 
 
 def _build(scan: _Scan, select: Callable[[int, str], bool] | None) -> list[TrackTable]:

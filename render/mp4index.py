@@ -102,7 +102,6 @@ Neither is proof that a sample is a safe place to start copying: see
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -111,6 +110,8 @@ from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
+
+from .sourcefile import SourceFile, as_source_file
 
 __all__ = [
     "EditListEntry",
@@ -470,7 +471,7 @@ def _scan_top_level(f: BinaryIO, file_size: int, name: str) -> _TopLevel:
 
 
 def read_sample_tables(
-    path: Path | str, *, select: Callable[[int, str], bool] | None = None
+    path: Path | str | SourceFile, *, select: Callable[[int, str], bool] | None = None
 ) -> list[TrackTable]:
     """Index the tracks of an MP4/MOV file from its moov (and moof) boxes, in ``trak`` order.
 
@@ -484,12 +485,12 @@ def read_sample_tables(
     Raises :class:`Mp4IndexError` when a wanted track cannot be indexed this
     way and the file must be demuxed instead.
     """
-    return _read(Path(path), select).tables
+    return _read(as_source_file(path), select).tables
 
 
-def read_video_table(path: Path | str, track_id: int | None = None) -> TrackTable:
+def read_video_table(path: Path | str | SourceFile, track_id: int | None = None) -> TrackTable:
     """The first video (``vide``) track, or the video track ``track_id``; nothing else is parsed."""
-    path = Path(path)
+    source = as_source_file(path)
     chosen: list[int] = []
 
     def first_video(tid: int, handler: str) -> bool:
@@ -498,10 +499,10 @@ def read_video_table(path: Path | str, track_id: int | None = None) -> TrackTabl
         chosen.append(tid)
         return True
 
-    result = _read(path, first_video)
+    result = _read(source, first_video)
     if result.tables:
         return result.tables[0]
-    raise Mp4IndexError(f"{path.name}: {_no_video(result, track_id)}")
+    raise Mp4IndexError(f"{source.name}: {_no_video(result, track_id)}")
 
 
 @dataclass(frozen=True)
@@ -523,14 +524,13 @@ def _no_video(result: _ReadResult, track_id: int | None) -> str:
     return f"no track {track_id} (tracks: {listing})"
 
 
-def _read(path: Path, select: Callable[[int, str], bool] | None) -> _ReadResult:
-    with path.open("rb") as f:
-        file_size = os.fstat(f.fileno()).st_size
-        top = _scan_top_level(f, file_size, path.name)
+def _read(source: SourceFile, select: Callable[[int, str], bool] | None) -> _ReadResult:
+    with source.open() as f:
+        top = _scan_top_level(f, source.size, source.name)
     try:
-        return _parse_file(top, file_size, select)
+        return _parse_file(top, source.size, select)
     except Mp4IndexError as exc:
-        raise Mp4IndexError(f"{path.name}: {exc}") from None
+        raise Mp4IndexError(f"{source.name}: {exc}") from None
 
 
 def _parse_file(

@@ -19,11 +19,11 @@ import contextlib
 import errno
 import io
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 import av
 import numpy as np
@@ -38,7 +38,7 @@ from .bitstream import (
     mux_time_track,
     parameter_sets,
 )
-from .decode import read_sample
+from .decode import source_samples
 from .errors import OutputError
 from .media import SourceInfo
 from .piecefile import read_header, read_packets
@@ -110,8 +110,8 @@ def read_copy_piece(plan: Plan, sources: Mapping[int, SourceInfo], index: int) -
     piece = plan.pieces[index]
     assert isinstance(piece, CopyPiece)
     src = sources[piece.source]
-    with src.path.open("rb") as fh:
-        return b"".join(read_sample(fh, src, int(d)) for d in piece.samples(src.video.index))
+    with contextlib.closing(source_samples(src, piece.samples(src.video.index))) as samples:
+        return b"".join(samples)
 
 
 def video_packets(
@@ -123,41 +123,37 @@ def video_packets(
     check_cancel: Callable[[], None] | None = None,
 ) -> Iterator[VideoPacket]:
     """Every output video sample in decode order."""
-    handles: dict[int, BinaryIO] = {}
-    try:
-        for i, piece in enumerate(plan.pieces):
-            if check_cancel is not None:
-                check_cancel()
-            if isinstance(piece, CopyPiece):
-                src = sources[piece.source]
-                shipped = pieces.copied(i)
-                fh = handles.get(piece.source)
-                if fh is None and shipped is None:
-                    fh = handles[piece.source] = src.path.open("rb")
-                index = src.video.index
+    for i, piece in enumerate(plan.pieces):
+        if check_cancel is not None:
+            check_cancel()
+        if isinstance(piece, CopyPiece):
+            src = sources[piece.source]
+            index = src.video.index
+            decs = piece.samples(index)
+            shipped = pieces.copied(i)
+            with contextlib.closing(
+                    _split(shipped, index.size[decs]) if shipped is not None
+                    else source_samples(src, decs)) as samples:
                 fmt = SampleFormat(src.video.format.codec, src.video.nal_length_size)
-                pos = 0
-                for n, dec in enumerate(piece.samples(index)):
+                for n, (dec, data) in enumerate(zip(decs, samples, strict=True)):
                     d = int(dec)
-                    if shipped is not None:
-                        size = int(index.size[d])
-                        data = shipped[pos:pos + size]
-                        pos += size
-                    else:
-                        assert fh is not None
-                        data = read_sample(fh, src, d)
                     if on_bytes is not None:
                         on_bytes(len(data))
                     yield VideoPacket(data, int(index.disp_of_dec[d]) + piece.disp_base,
                                       bool(index.rap[d]), src.video.record_of(d), fmt, i)
                     if check_cancel is not None and n % 256 == 255:
                         check_cancel()
-            else:
-                yield from _encoded_packets(plan, piece, pieces.encoded(i), i)
-                pieces.release(i)
-    finally:
-        for fh in handles.values():
-            fh.close()
+        else:
+            yield from _encoded_packets(plan, piece, pieces.encoded(i), i)
+            pieces.release(i)
+
+
+def _split(data: bytes, sizes: Iterable[int]) -> Generator[bytes, None, None]:
+    """Samples back out of a shipped copy piece (their bytes concatenated)."""
+    pos = 0
+    for size in sizes:
+        yield data[pos:pos + int(size)]
+        pos += int(size)
 
 
 def _encoded_packets(plan: Plan, piece: EncodePiece, path: Path,
@@ -441,7 +437,7 @@ def _video_stream(
         assert template_src is not None
         # A camera's record heads the track, so its length size frames every packet.
         record = planned or template_src.video.record_of(0)
-        inp = av.open(str(template_src.path), metadata_errors="ignore")
+        inp = av.open(template_src.file.demux_input(), "r", metadata_errors="ignore")
     else:
         # No copied GOP to take a record from: every piece is ours, the first heads it.
         record = planned or read_header(pieces.encoded(0)).extradata

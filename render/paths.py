@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from .errors import ConfigError, SourceNotFoundError
+from .objectstore import S3Location, find_source, is_s3_url
+from .sourcefile import LocalFile, SourceFile, StoredFile
 
 SOURCES_DIR = "sources"
 
@@ -55,3 +57,45 @@ def _not_found(file_path: str, raw: PurePosixPath, media_roots: Sequence[Path],
     if misplaced is not None:
         text += (f"; it is in {misplaced}/ itself: move it into {misplaced / SOURCES_DIR}/")
     return text
+
+
+#: A media root: a folder (local or shared), or a bucket and prefix in S3.
+MediaLocation = Path | S3Location
+
+
+def media_location(text: str) -> MediaLocation:
+    """``s3://bucket/prefix`` (InvalidLocationError when malformed) or a folder path."""
+    return S3Location.parse(text) if is_s3_url(text) else Path(text)
+
+
+def locate_source(file_path: str, roots: Sequence[MediaLocation], *, field: str) -> SourceFile:
+    """The file a config's ``filePath`` names, in the first root (in order) that holds it.
+
+    The same refusals as :func:`resolve_source` for every kind of root: nothing outside a
+    root's ``sources/`` is ever read. An S3 object is HEADed once here and pinned (size
+    and ETag) for the whole job.
+    """
+    local = [r for r in roots if isinstance(r, Path)]
+    stored = [r for r in roots if isinstance(r, S3Location)]
+    if not stored:
+        return LocalFile.at(resolve_source(file_path, local, field=field))
+    if not local:
+        return StoredFile(find_source(file_path, stored, field=field))
+    if not file_path or "\x00" in file_path:
+        raise ConfigError(f"{field} is empty or invalid", field=field)
+    if PurePosixPath(file_path.replace("\\", "/")).is_absolute():
+        return LocalFile.at(resolve_source(file_path, local, field=field))
+    misses: list[str] = []
+    for root in roots:
+        try:
+            if isinstance(root, Path):
+                return LocalFile.at(resolve_source(file_path, [root], field=field))
+            return StoredFile(find_source(file_path, [root], field=field))
+        except SourceNotFoundError as exc:
+            misses.append(str(exc))
+    looked = " or ".join(
+        f"{root / SOURCES_DIR}/" if isinstance(root, Path) else root.sources_url
+        for root in roots)
+    hint = next((m.split("; ", 1)[1] for m in misses if "; " in m), None)
+    text = f"{field}: source file {file_path!r} was not found in {looked}"
+    raise SourceNotFoundError(f"{text}; {hint}" if hint else text, field=field)

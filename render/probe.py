@@ -32,14 +32,41 @@ from .errors import (
     UnsupportedMediaError,
 )
 from .media import AudioTrackInfo, FrameIndex, SourceInfo, VideoFormat, VideoTrackInfo
+from .sourcefile import LocalFile, SourceFile, StoredFile
 
 #: Codecs whose random-access points we can verify from NAL headers.
 NAL_CODECS = frozenset({"h264", "hevc"})
 _MP4_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2")
 
 
-def probe(path: Path) -> SourceInfo:
-    """Probe ``path``; raises the engine's MediaError subclasses with a readable message."""
+def probe(source: Path | SourceFile) -> SourceInfo:
+    """Probe a local file or an S3 object (a :class:`StoredFile` from ``stat``); raises the
+    engine's MediaError subclasses (and ObjectStoreErrors) with a readable message."""
+    if isinstance(source, StoredFile):
+        file: SourceFile = source
+    else:  # checked again: a folder or an unreadable file is refused here, by name
+        file = _local(source.path if isinstance(source, LocalFile) else source)
+    if file.size == 0:
+        raise NotAVideoError(f"source file {file.name!r} is empty")
+    stream = file.demux_input()
+    try:
+        try:
+            container = av.open(stream, "r", metadata_errors="ignore")
+        except av.error.InvalidDataError as exc:
+            raise _open_error(file) from exc
+        except av.error.FFmpegError as exc:
+            raise CorruptMediaError(f"source file {file.name!r} cannot be opened: {exc}") \
+                from exc
+        try:
+            return _probe_open(file, container)
+        finally:
+            container.close()
+    finally:
+        if not isinstance(stream, str):
+            stream.close()
+
+
+def _local(path: Path) -> LocalFile:
     name = path.name
     try:
         st = path.stat()
@@ -51,37 +78,22 @@ def probe(path: Path) -> SourceInfo:
         raise SourceNotFoundError(f"source {name!r} is not a regular file")
     if not os.access(path, os.R_OK):
         raise SourceNotFoundError(f"source file {name!r} is not readable")
-    if st.st_size == 0:
-        raise NotAVideoError(f"source file {name!r} is empty")
-    try:
-        container = av.open(str(path), metadata_errors="ignore")
-    except av.error.InvalidDataError as exc:
-        raise _open_error(path, exc) from exc
-    except av.error.FFmpegError as exc:
-        raise CorruptMediaError(f"source file {name!r} cannot be opened: {exc}") from exc
-    try:
-        return _probe_open(path, st.st_size, container)
-    finally:
-        container.close()
+    return LocalFile(path, st.st_size)
 
 
-def _open_error(path: Path, exc: Exception) -> Exception:
-    head = path.read_bytes()[:12] if path.stat().st_size < 64 else _head(path)
+def _open_error(file: SourceFile) -> Exception:
+    with file.open() as fh:
+        head = fh.read(12)
     if head[4:8] in (b"ftyp", b"mdat", b"moov", b"free", b"wide", b"skip"):
         return CorruptMediaError(
-            f"source file {path.name!r} is damaged or truncated (no readable index); "
+            f"source file {file.name!r} is damaged or truncated (no readable index); "
             "was the recording stopped before the file was finished?"
         )
-    return NotAVideoError(f"source file {path.name!r} is not a video file")
+    return NotAVideoError(f"source file {file.name!r} is not a video file")
 
 
-def _head(path: Path) -> bytes:
-    with path.open("rb") as fh:
-        return fh.read(12)
-
-
-def _probe_open(path: Path, size: int, container: av.container.InputContainer) -> SourceInfo:
-    name = path.name
+def _probe_open(file: SourceFile, container: av.container.InputContainer) -> SourceInfo:
+    name = file.name
     vstreams = [s for s in container.streams.video
                 if not (s.disposition & av.stream.Disposition.attached_pic)]
     if not vstreams:
@@ -97,14 +109,14 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
         )
     cc = vs.codec_context
     codec = cc.name
-    track = _mkv_video_table(path, vs) if matroska else _mp4_video_table(path, vs)
+    track = _mkv_video_table(file, vs) if matroska else _mp4_video_table(file, vs)
     if track is None or track.sample_count == 0:
         raise CorruptMediaError(f"source file {name!r} has a video track with no frames")
-    _check_extent(path, size, track)
+    _check_extent(file, track)
     length_size = 4
     if codec in NAL_CODECS:
         length_size = _length_size(codec, bytes(cc.extradata or b""), name)
-    access = _random_access_points(path, codec, track, length_size)
+    access = _random_access_points(file, codec, track, length_size)
     # The file's own presentation clock, as FFmpeg, ffprobe, a browser's <video> and the
     # editor's playhead read it: the first shown frame may sit after 0 (B-frame delay
     # without an edit list, an empty edit). Samples an edit list hides stay in the index
@@ -142,7 +154,7 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
     )
     audio = _probe_audio(container)
     timecode = vs.metadata.get("timecode") or container.metadata.get("timecode")
-    return SourceInfo(path=path, size=size, container=fmt_name, video=video, audio=audio,
+    return SourceInfo(file=file, container=fmt_name, video=video, audio=audio,
                       timecode=timecode or None)
 
 
@@ -185,28 +197,28 @@ def _shown_range(track: mp4index.TrackTable, name: str) -> tuple[int, int]:
     return int(shown[0]), int(shown[-1]) + 1
 
 
-def _mp4_video_table(path: Path, vs: av.VideoStream) -> mp4index.TrackTable | None:
+def _mp4_video_table(file: SourceFile, vs: av.VideoStream) -> mp4index.TrackTable | None:
     """The index of the stream's own track; no other track is read, so none can fail it."""
     try:
         try:
-            return mp4index.read_video_table(path, vs.id)
+            return mp4index.read_video_table(file, vs.id)
         except mp4index.Mp4IndexError as first_error:
             # Stream ids are track ids in FFmpeg's mov demuxer; only when that track is
             # not there (or not video) is the first video track the one FFmpeg decodes.
             text = str(first_error)
             if f"no track {vs.id}" not in text and "not video" not in text:
                 raise
-            return mp4index.read_video_table(path)
+            return mp4index.read_video_table(file)
     except mp4index.Mp4IndexError as exc:
         text = str(exc)
         if "edit" in text:
             raise UnsupportedMediaError(
-                f"source file {path.name!r} uses an edit list the engine does not support: {text}"
+                f"source file {file.name!r} uses an edit list the engine does not support: {text}"
             ) from exc
-        raise CorruptMediaError(f"source file {path.name!r} is damaged: {text}") from exc
+        raise CorruptMediaError(f"source file {file.name!r} is damaged: {text}") from exc
 
 
-def _mkv_video_table(path: Path, vs: av.VideoStream) -> mp4index.TrackTable | None:
+def _mkv_video_table(file: SourceFile, vs: av.VideoStream) -> mp4index.TrackTable | None:
     """Matroska (OBS's default): the n-th video track in TrackEntry order is FFmpeg's."""
     nth = list(vs.container.streams.video).index(vs)
     seen: list[int] = []
@@ -218,19 +230,19 @@ def _mkv_video_table(path: Path, vs: av.VideoStream) -> mp4index.TrackTable | No
         return len(seen) == nth + 1
 
     try:
-        tables = mkvindex.read_mkv_tables(path, select=wanted)
+        tables = mkvindex.read_mkv_tables(file, select=wanted)
     except mkvindex.MkvIndexError as exc:
-        raise CorruptMediaError(f"source file {path.name!r} cannot be indexed: {exc}") from exc
+        raise CorruptMediaError(f"source file {file.name!r} cannot be indexed: {exc}") from exc
     return tables[0] if tables else None
 
 
-def _check_extent(path: Path, size: int, track: mp4index.TrackTable) -> None:
+def _check_extent(file: SourceFile, track: mp4index.TrackTable) -> None:
     """A recording cut short keeps its index but loses sample data: refuse it up front."""
     end = int(np.max(track.offset + track.size)) if track.sample_count else 0
-    if end > size:
-        missing = end - size
+    if end > file.size:
+        missing = end - file.size
         raise CorruptMediaError(
-            f"source file {path.name!r} is truncated: its index points {missing} bytes past "
+            f"source file {file.name!r} is truncated: its index points {missing} bytes past "
             "the end of the file"
         )
 
@@ -255,7 +267,7 @@ class _Access:
 
 
 def _random_access_points(
-    path: Path, codec: str, track: mp4index.TrackTable, length_size: int
+    file: SourceFile, codec: str, track: mp4index.TrackTable, length_size: int
 ) -> _Access:
     """Where copies and decoding may start, and the in-band parameter sets there.
 
@@ -272,7 +284,7 @@ def _random_access_points(
     start = np.zeros_like(sync)
     inband: dict[int, tuple[bytes, ...]] = {}
     shared: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}  # cameras repeat the same sets
-    with path.open("rb", buffering=0) as fh:
+    with file.open() as fh:
         for i in np.flatnonzero(sync):
             nals = _sample_nals(fh, int(track.offset[i]), int(track.size[i]), length_size, codec)
             types = [t for t, _ in nals]

@@ -47,6 +47,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     changes: dict[str, Any] = {}
     if args.media_root:
         changes["media_roots"] = parse_media_roots(",".join(args.media_root))
+    if getattr(args, "export_root", None):
+        changes["export_dir"] = Path(args.export_root).expanduser().absolute()
     if args.host:
         changes["host"] = args.host
     if args.port:
@@ -55,7 +57,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         changes["api_token"] = SecretStr(args.token)
     if args.ray_address:
         changes["ray_address"] = args.ray_address
-    return base.model_copy(update=changes)
+    return base.with_changes(**changes)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -149,7 +151,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import prepare_demo
 
     settings = _settings(args)
-    config = prepare_demo(settings.media_roots[0].path)
+    folder = next((r.folder for r in settings.media_roots if r.folder is not None), None)
+    if folder is None:
+        raise SettingsError("cutfarm demo makes its cameras in a folder: give a folder "
+                            "--media-root (the server must read it too)")
+    config = prepare_demo(folder)
     client = _client(args)
     code = _submit(client, config, True, None)
     if code == 0:
@@ -166,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     def server_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--media-root", action="append",
                        help="media folder (holds sources/ and exports/); repeatable, "
-                            "PATH or PATH=VOLUME; default CUTFARM_MEDIA_ROOTS or ./data")
+                            "PATH, PATH=VOLUME or s3://bucket/prefix; default "
+                            "CUTFARM_MEDIA_ROOTS or ./data")
+        p.add_argument("--export-root",
+                       help="folder for jobs and outputs (default CUTFARM_EXPORT_ROOT, else "
+                            "exports/ in the first folder media root)")
         p.add_argument("--host", help="bind address (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="HTTP port (default 8000)")
         p.add_argument("--token", help="require this bearer token (CUTFARM_API_TOKEN)")

@@ -87,4 +87,4 @@ def allow_rebind_over_time_wait() -> None:
         return await original(*args, **kwargs)
 
     start_with_reuse._cutfarm_rebind = True  # type: ignore[attr-defined]
-    replica.start_asgi_http_server = start_with_reuse
+    setattr(replica, "start_asgi_http_server", start_with_reuse)  # noqa: B010

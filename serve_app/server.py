@@ -242,9 +242,11 @@ def run(settings: Settings, out: TextIO = sys.stdout) -> int:
 
     from .app import build_app
 
-    root = settings.media_roots[0].path
     check_port_free(settings.host, settings.port)
-    (root / "sources").mkdir(parents=True, exist_ok=True)
+    for root in settings.media_roots:
+        if root.folder is not None:
+            (root.folder / "sources").mkdir(parents=True, exist_ok=True)
+            break  # the first folder is where a new user puts their files
     with serve_lock(settings.export_root) as lock:
         # Ray's processes read the ingress flags when they start: set before Ray is.
         with ingress_environment("proxy" if settings.ingress == "proxy" else "direct",
@@ -296,9 +298,11 @@ def _banner(out: TextIO, settings: Settings, url: str, address: str,
             resumed: list[dict[str, Any]]) -> None:
     import ray
 
-    root = settings.media_roots[0].path
     dashboard = ray.get_runtime_context().worker.node.address_info.get("webui_url") or ""
-    lines = [f"cutfarm is serving {root} (sources in {root / 'sources'})",
+    roots = [r.path for r in settings.media_roots]
+    lines = [f"cutfarm is serving {roots[0]} (sources in {roots[0]}/sources)",
+             *(f"  also       {root}/sources" for root in roots[1:]),
+             f"  exports    {settings.export_root}",
              f"  API        {url}/api/export",
              f"  API docs   {url}/docs",
              f"  Ray        {address}"]

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import pytest
 
+from render import objectstore as obs
 from tests import mediagen as mg
 
 #: name -> spec. Camera ids are distinct so a wrong source shows up as a wrong stamp.
@@ -80,3 +87,57 @@ def media_root(tmp_path_factory: pytest.TempPathFactory) -> MediaRoot:
     (root / "secret.mp4").write_bytes((src / "h264_a.mp4").read_bytes())
     (src / "escape.mp4").symlink_to(root / "secret.mp4")
     return MediaRoot(root, media)
+
+
+#: The fake store's secret key: tests check that it never shows in a message.
+S3_SECRET = "not-a-real-secret-but-never-print-it"
+
+
+# -- a real S3-compatible server (moto in server mode, over HTTP) --------------------------
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log_path = tmp_path_factory.mktemp("moto") / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            found = re.search(rb"Running on (http://127\.0\.0\.1:\d+)", log_path.read_bytes())
+            if found:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto server did not start: {log_path.read_text()}")
+            time.sleep(0.05)
+        yield found.group(1).decode()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def aws_env(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """boto3's standard configuration, from the environment only, pointing at moto."""
+    nowhere = tmp_path_factory.mktemp("aws") / "none"
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("AWS_"):
+                mp.delenv(name)
+        mp.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_CONFIG_FILE", str(nowhere))
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(nowhere))
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        obs.clear_clients()
+        yield
+        obs.clear_clients()

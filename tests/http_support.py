@@ -75,8 +75,8 @@ def _running_api(root: Path, port: int, ingress: str, **settings: Any) -> Iterat
     from serve_app.app import build_app
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    s = Settings(media_roots=(MediaRoot(root),), namespace=new_namespace(), port=port,
-                 **settings)
+    settings.setdefault("media_roots", (MediaRoot(root),))
+    s = Settings(namespace=new_namespace(), port=port, **settings)
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         proxy_port = free_port() if ingress == "direct" else port

@@ -29,6 +29,7 @@ from render.engine import Prepared, execute, prepare
 from render.errors import ConfigError, UnsupportedMediaError
 from render.media import AudioTrackInfo, FrameIndex, SourceInfo, VideoFormat, VideoTrackInfo
 from render.plan import EncodePiece
+from render.sourcefile import LocalFile
 from tests import mediagen as mg
 from tests.test_mp4index import IRREGULAR_TRACKS
 from tests.verify import check_parameter_sets
@@ -458,4 +459,4 @@ def replace_audio(audio: AudioTrackInfo) -> SourceInfo:
                        np.ones(1, bool))
     video = VideoTrackInfo(index, VideoFormat("h264", 16, 16, "yuv420p"),
                            np.zeros(1, np.int64), b"", 4, None, 0, None, 2, 2, 2, 0, 0)
-    return SourceInfo(Path("x.mp4"), 1, "mp4", video, audio)
+    return SourceInfo(LocalFile(Path("x.mp4"), 1), "mp4", video, audio)

@@ -14,7 +14,6 @@ import io
 import os
 import re
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -37,10 +36,10 @@ from render import objectstore as obs
 from render.errors import ConfigError, MediaError, SourceNotFoundError
 from render.paths import resolve_source
 from tests import mediagen as mg
+from tests.conftest import S3_SECRET as SECRET
 
 BUCKET = "cutfarm-media"
 ROOT = obs.S3Location(BUCKET, "studio/a")
-SECRET = "not-a-real-secret-but-never-print-it"
 KiB = 1024
 MiB = 1 << 20
 FAST_RETRY = obs.RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
@@ -52,54 +51,7 @@ def small_reader(target: obs.ObjectRef | obs.ObjectInfo, **kwargs: Any) -> obs.R
                             cache_size=64 * KiB, **kwargs)
 
 
-# -- a real S3-compatible server --------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log_path = tmp_path_factory.mktemp("moto") / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            found = re.search(rb"Running on (http://127\.0\.0\.1:\d+)", log_path.read_bytes())
-            if found:
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start: {log_path.read_text()}")
-            time.sleep(0.05)
-        yield found.group(1).decode()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def aws_env(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """boto3's standard configuration, from the environment only, pointing at moto."""
-    nowhere = tmp_path_factory.mktemp("aws") / "none"
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith("AWS_"):
-                mp.delenv(name)
-        mp.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_CONFIG_FILE", str(nowhere))
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(nowhere))
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        obs.clear_clients()
-        yield
-        obs.clear_clients()
+# -- a real S3-compatible server: moto_endpoint and aws_env in tests/conftest.py -----------
 
 
 @pytest.fixture(scope="module")

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import itertools
+import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import av
 import av.logging
+import numpy as np
+import numpy.typing as npt
 
 from render import nal
 from render.bitstream import SampleFormat, split
 from render.engine import Prepared
-from render.plan import CopyPiece
+from render.plan import CopyPiece, EncodePiece
+from render.sourcefile import SourceFile
 from tests import mediagen as mg
 
 AUDIO_FRAME_SECONDS = 1024 / 48000
@@ -78,7 +82,7 @@ def check_copied_bytes(path: Path, prep: Prepared) -> int:
     assert len(packets) == len(expected)
     traces = _LazyTraces(path)
     checked = 0
-    handles = {i: s.path.open("rb") for i, s in prep.sources.items()}
+    handles = {i: s.file.open() for i, s in prep.sources.items()}
     try:
         for k, (data, exp) in enumerate(zip(packets, expected, strict=True)):
             if exp is None:
@@ -89,7 +93,7 @@ def check_copied_bytes(path: Path, prep: Prepared) -> int:
             original = fh.read(int(src.video.index.size[exp[1]]))
             src_fmt = SampleFormat(src.video.format.codec, src.video.nal_length_size)
             _same_sample(data, out_fmt, original, src_fmt,
-                         partial(traces.pair, k, src.path, exp[1]))
+                         partial(traces.pair, k, src.file, exp[1]))
             checked += 1
     finally:
         for fh in handles.values():
@@ -201,14 +205,15 @@ class Trace:
     packets: list[list[TracedUnit]]
 
 
-def ffmpeg_trace(path: Path) -> Trace:
+def ffmpeg_trace(path: Path | SourceFile) -> Trace:
     """FFmpeg's reading of every header of a file's video: its trace_headers bitstream
     filter parses the sample description's record and each packet with FFmpeg's own
     coded-bitstream code and logs every syntax element, which this collects."""
     level = av.logging.get_level()
     av.logging.set_level(av.logging.INFO)
     try:
-        with av.logging.Capture(True) as logs, av.open(str(path)) as c:
+        target = str(path) if isinstance(path, Path) else path.demux_input()
+        with av.logging.Capture(True) as logs, av.open(target, "r") as c:
             stream = c.streams.video[0]
             bsf = av.bitstream.BitStreamFilterContext("trace_headers", stream)
             for packet in c.demux(stream):
@@ -248,14 +253,15 @@ class _LazyTraces:
 
     def __init__(self, output: Path) -> None:
         self.path = output
-        self._traces: dict[Path, Trace] = {}
+        self._traces: dict[Path | SourceFile, Trace] = {}
 
-    def _get(self, path: Path) -> Trace:
+    def _get(self, path: Path | SourceFile) -> Trace:
         if path not in self._traces:
             self._traces[path] = ffmpeg_trace(path)
         return self._traces[path]
 
-    def pair(self, k: int, path: Path, dec: int) -> tuple[list[TracedUnit], list[TracedUnit]]:
+    def pair(self, k: int, path: Path | SourceFile, dec: int
+             ) -> tuple[list[TracedUnit], list[TracedUnit]]:
         """Output packet ``k`` and sample ``dec`` of the source at ``path``."""
         return self._get(self.path).packets[k], self._get(path).packets[dec]
 
@@ -440,3 +446,176 @@ def check_audio_sync(
             worst = max(worst, off)
             n += 1
     return worst, n
+
+
+# ----------------------------------------------------------- picture quality
+
+#: The floor the issue sets for a matched re-encode (same codec, size and bit depth as the
+#: source): every re-encoded frame against the decoded source frame it shows, 8-bit.
+PSNR_FLOOR_DB = 45.0
+
+#: Planar formats whose ``to_ndarray`` holds the luma plane in its first ``height`` rows.
+_PSNR_FORMATS = {"yuv420p", "yuvj420p", "yuv420p10le"}
+
+
+def psnr(reference: npt.NDArray[Any] | Sequence[npt.NDArray[Any]],
+         test: npt.NDArray[Any] | Sequence[npt.NDArray[Any]], *, peak: float = 255.0) -> float:
+    """PSNR of ``test`` against ``reference`` in dB: 10 log10(peak² / MSE); inf if identical.
+
+    Either two arrays (all planes of a frame packed the way ``to_ndarray(format="yuv420p")``
+    packs them, or one plane), or two lists (or tuples) of planes of matching shapes. The MSE is
+    taken over every sample given, so whole 4:2:0 frames weigh Y:U:V 4:1:1, as FFmpeg's
+    psnr filter's "average" does. ``peak`` is the largest sample value: 255 for 8-bit.
+    """
+    if isinstance(reference, list | tuple) and isinstance(test, list | tuple):
+        pairs = [(np.asarray(a), np.asarray(b)) for a, b in zip(reference, test, strict=True)]
+    else:
+        pairs = [(np.asarray(reference), np.asarray(test))]
+    squared = 0.0
+    count = 0
+    for a, b in pairs:
+        if a.shape != b.shape:
+            raise ValueError(f"cannot compare shapes {a.shape} and {b.shape}")
+        diff = a.astype(np.float64) - b.astype(np.float64)
+        squared += float(np.square(diff).sum())
+        count += diff.size
+    if count == 0:
+        raise ValueError("nothing to compare")
+    if squared == 0:
+        return math.inf
+    return 10 * math.log10(peak * peak / (squared / count))
+
+
+def frame_psnr(reference: av.VideoFrame, test: av.VideoFrame) -> tuple[float, float]:
+    """(PSNR over all planes, PSNR of luma) of ``test`` against ``reference`` in dB, with the
+    peak of their bit depth (255 for 8-bit). Both frames must have one size and format."""
+    fmt = reference.format.name
+    if fmt not in _PSNR_FORMATS:
+        raise ValueError(f"no PSNR for pixel format {fmt}")
+    if (test.format.name, test.width, test.height) != (fmt, reference.width, reference.height):
+        raise ValueError(f"cannot compare a {test.format.name} {test.width}x{test.height} "
+                         f"frame with a {fmt} {reference.width}x{reference.height} one")
+    a = reference.to_ndarray(format=fmt)
+    b = test.to_ndarray(format=fmt)
+    if np.array_equal(a, b):
+        return math.inf, math.inf
+    peak = float((1 << reference.format.components[0].bits) - 1)
+    h = reference.height
+    return psnr(a, b, peak=peak), psnr(a[:h], b[:h], peak=peak)
+
+
+def source_frames(path: Path, wanted: Iterable[int]) -> Generator[av.VideoFrame, None, None]:
+    """The decoded frame at each display index of ``wanted``, in the order asked.
+
+    Decodes forward from the start of the file (display order, as a player shows it) and
+    starts again only when an index goes backwards, so a list that mostly ascends costs
+    about one decode of the file and holds one frame at a time.
+    """
+    container: Any = None
+    frames: Iterator[av.VideoFrame] = iter(())
+    pos = -1
+    current: av.VideoFrame | None = None
+    try:
+        for n in wanted:
+            if container is None or n < pos:
+                if container is not None:
+                    container.close()
+                container = av.open(str(path))
+                stream = container.streams.video[0]
+                stream.codec_context.thread_type = "AUTO"
+                frames = iter(container.decode(stream))
+                pos, current = -1, None
+            while pos < n:
+                current = next(frames, None)
+                if current is None:
+                    raise ValueError(f"{path}: no frame {n}, only {pos + 1}")
+                pos += 1
+            assert current is not None
+            yield current
+    finally:
+        if container is not None:
+            container.close()
+
+
+class FramePsnr(NamedTuple):
+    """One output frame against the source frame it shows."""
+
+    out_frame: int  # display index in the export
+    kind: str  # "copy", or the re-encoding piece's reason ("head", "tail", "short", ...)
+    source: int  # config source index
+    frame: int  # display index in that source
+    psnr: float  # dB over all planes; inf: identical pixels
+    luma: float  # dB, luma plane only
+
+
+def output_psnr(path: Path, prep: Prepared, sources: Mapping[int, Path],
+                cameras: Mapping[int, int] | None = None) -> list[FramePsnr]:
+    """PSNR of every frame of a copy-mode export against its decoded source frame.
+
+    Which source frame each output frame shows comes from the plan's cuts (each segment's
+    frames in order); which output frames were re-encoded, from its encode pieces, whose
+    own source frames must agree. ``sources`` maps config source index -> file. With
+    ``cameras`` (source index -> mediagen camera id), the stamps of both frames are read
+    too, so a frame compared with the wrong source frame fails as that, not as a low PSNR.
+    """
+    plan = prep.plan
+    assert not plan.transcode, "PSNR against the source frame needs a copy-mode plan"
+    expected = [(c.source, f) for c in plan.cuts for f in range(c.first, c.stop)]
+    assert len(expected) == plan.frame_count, (len(expected), plan.frame_count)
+    kinds = ["copy"] * len(expected)
+    for piece in plan.pieces:
+        if isinstance(piece, EncodePiece):
+            kinds[piece.out_first:piece.out_stop] = [piece.reason] * piece.frames
+            planned = [(r.source, int(d)) for r in piece.runs for d in r.src_disp]
+            assert planned == expected[piece.out_first:piece.out_stop], piece
+    readers = {s: source_frames(p, [f for src, f in expected if src == s])
+               for s, p in sources.items()}
+    rows: list[FramePsnr] = []
+    try:
+        with av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            stream.codec_context.thread_type = "AUTO"
+            for i, frame in enumerate(c.decode(stream)):
+                assert i < len(expected), f"{path}: more than {len(expected)} frames"
+                src, n = expected[i]
+                ref = next(readers[src])
+                if cameras is not None:
+                    stamp = (cameras[src], n)
+                    assert mg.read_stamp(ref) == stamp, (src, n, mg.read_stamp(ref))
+                    assert mg.read_stamp(frame) == stamp, (i, mg.read_stamp(frame), stamp)
+                rows.append(FramePsnr(i, kinds[i], src, n, *frame_psnr(ref, frame)))
+    finally:
+        for reader in readers.values():
+            reader.close()
+    assert len(rows) == len(expected), (len(rows), len(expected))
+    return rows
+
+
+def psnr_summary(rows: Iterable[FramePsnr]) -> dict[str, Any]:
+    """Frames, min and mean PSNR (all planes and luma, dB) of the re-encoded rows, the worst
+    frame, and per piece reason; plus how many copied rows there were and are identical."""
+    rows = list(rows)
+    encoded = [r for r in rows if r.kind != "copy"]
+    copied = [r for r in rows if r.kind == "copy"]
+    out: dict[str, Any] = {
+        "reencoded_frames": len(encoded),
+        "copied_frames": len(copied),
+        "copied_identical": sum(math.isinf(r.psnr) for r in copied),
+    }
+    if encoded:
+        worst = min(encoded, key=lambda r: r.psnr)
+        out.update(
+            psnr_min_db=worst.psnr,
+            psnr_mean_db=float(np.mean([r.psnr for r in encoded])),
+            luma_psnr_min_db=min(r.luma for r in encoded),
+            luma_psnr_mean_db=float(np.mean([r.luma for r in encoded])),
+            below_floor=sum(r.psnr < PSNR_FLOOR_DB for r in encoded),
+            worst_frame=f"out {worst.out_frame} ({worst.kind}) = source {worst.source} "
+                        f"frame {worst.frame}",
+        )
+        for kind in sorted({r.kind for r in encoded}):
+            values = [r.psnr for r in encoded if r.kind == kind]
+            out[f"{kind}_frames"] = len(values)
+            out[f"{kind}_psnr_min_db"] = min(values)
+            out[f"{kind}_psnr_mean_db"] = float(np.mean(values))
+    return out
