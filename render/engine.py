@@ -32,7 +32,7 @@ from .encode import (
 )
 from .errors import CancelledError, ConfigError, RenderError
 from .media import SourceInfo, VideoFormat
-from .mux import LocalPieces, assemble
+from .mux import LocalPieces, StoredOutput, assemble
 from .paths import MediaLocation, locate_source
 from .plan import (
     DEFAULT_MAX_PIECE_FRAMES,
@@ -302,7 +302,7 @@ def new_progress(prep: Prepared) -> Progress:
 
 def execute(
     prep: Prepared,
-    out_path: Path,
+    out_path: Path | StoredOutput,
     *,
     on_progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
@@ -316,8 +316,10 @@ def execute(
         if cancel is not None and cancel.is_set():
             raise CancelledError("the export was cancelled")
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".cutfarm-", dir=work_dir or out_path.parent))
+    if isinstance(out_path, Path):
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        work_dir = work_dir or out_path.parent
+    tmp = Path(tempfile.mkdtemp(prefix=".cutfarm-", dir=work_dir))
     try:
         encoded = _encode_all(prep, tmp, tracker, check_cancel, workers)
         audio = None

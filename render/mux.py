@@ -41,6 +41,8 @@ from .bitstream import (
 from .decode import source_samples
 from .errors import OutputError
 from .media import SourceInfo
+from .objectstore import MIN_PART_SIZE, MultipartWriter, ObjectRef
+from .objectstore.writer import DEFAULT_PART_SIZE
 from .piecefile import read_header, read_packets
 from .plan import CopyPiece, EncodePiece, Plan
 from .sidedata import new_extradata
@@ -177,57 +179,108 @@ def _encoded_packets(plan: Plan, piece: EncodePiece, path: Path,
         raise OutputError(f"piece {path.name} holds {count} frames, {hi - lo} were planned")
 
 
+@dataclass(frozen=True)
+class StoredOutput:
+    """An output written straight into S3 by a multipart upload (render/objectstore)."""
+
+    ref: ObjectRef
+    part_size: int = DEFAULT_PART_SIZE
+    content_type: str = "video/mp4"
+
+
+#: Attempts at a reservation for the index when the output cannot be rewritten (S3).
+STORED_ATTEMPTS = 3
+
+
 def assemble(
     plan: Plan,
     sources: Mapping[int, SourceInfo],
     pieces: PieceSource,
     audio: tuple[Path, AudioTarget] | None,
-    out_path: Path,
+    out_path: Path | StoredOutput,
     *,
     container_format: str = "mp4",
     timecode: str | None = None,
     params: TrackParams | None = None,
     on_bytes: Callable[[int], None] | None = None,
     check_cancel: Callable[[], None] | None = None,
-) -> None:
-    """Write the output at ``out_path`` atomically (``.partial`` then rename).
+) -> int:
+    """Write the output, atomically; its size in bytes.
+
+    A path is written as ``.partial`` then renamed. An S3 object is uploaded part by part
+    as it is written, the part holding the index last, and appears only when complete;
+    any failure aborts the upload.
 
     ``timecode``: the first frame's SMPTE label, written as a ``tmcd`` track (MP4 only).
     ``params``: the parameter-set plan made with the export's plan (``Prepared.params``);
     without one it is made here, from the pieces once they are all encoded.
     """
-    tmp = out_path.with_name(f".{out_path.name}.partial")
     if container_format != "mp4":
         timecode = None
         params = None
     elif params is None:
         params = _plan_parameter_sets(plan, sources, pieces)
+    name = out_path.name if isinstance(out_path, Path) else out_path.ref.name
 
-    def write(reserve: bool, progress: Callable[[int], None] | None) -> None:
+    def write(sink: Path | StoredOutput, progress: Callable[[int], None] | None,
+              reserve: bool, scale: int = 1) -> int:
         nonlocal params
         try:
-            _write(plan, sources, pieces, audio, tmp, container_format, progress, check_cancel,
-                   reserve=reserve, timecode=timecode, params=params)
+            return _write_to(sink, plan, sources, pieces, audio, container_format, progress,
+                             check_cancel, reserve=reserve, scale=scale, timecode=timecode,
+                             params=params)
         except ParameterSetSurprise as exc:
             assert params is not None
-            log.warning("%s: %s; writing the parameter sets in-band instead", out_path.name, exc)
+            log.warning("%s: %s; writing the parameter sets in-band instead", name, exc)
             params = TrackParams(params.codec, fallback=str(exc))
-            _write(plan, sources, pieces, audio, tmp, container_format, None, check_cancel,
-                   reserve=reserve, timecode=timecode, params=params)
+            return _write_to(sink, plan, sources, pieces, audio, container_format, None,
+                             check_cancel, reserve=reserve, scale=scale, timecode=timecode,
+                             params=params)
 
+    if isinstance(out_path, StoredOutput):
+        # An upload cannot be read back for a faststart rewrite: reserve more and write again.
+        for attempt in range(STORED_ATTEMPTS):
+            try:
+                return write(out_path, on_bytes if attempt == 0 else None, True, 2 ** attempt)
+            except _ReservationTooSmall:
+                continue
+        raise OutputError("the output's index did not fit the space reserved for it, "
+                          f"{STORED_ATTEMPTS} times; please report this export")
+    tmp = out_path.with_name(f".{out_path.name}.partial")
     try:
         try:
-            write(True, on_bytes)
+            write(tmp, on_bytes, True)
         except _ReservationTooSmall:
-            write(False, None)
+            write(tmp, None, False)
         tmp.replace(out_path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return out_path.stat().st_size
 
 
 class _ReservationTooSmall(Exception):
     pass
+
+
+def _write_to(sink: Path | StoredOutput, plan: Plan, sources: Mapping[int, SourceInfo],
+              pieces: PieceSource, audio: tuple[Path, AudioTarget] | None,
+              container_format: str, on_bytes: Callable[[int], None] | None,
+              check_cancel: Callable[[], None] | None, *, reserve: bool, scale: int,
+              timecode: str | None, params: TrackParams | None) -> int:
+    """One attempt at the whole output into ``sink``; its size."""
+    options = _options(plan, sources, audio, container_format, reserve, params, scale=scale)
+    if isinstance(sink, Path):
+        _write(plan, sources, pieces, audio, sink, container_format, on_bytes, check_cancel,
+               options=options, reserve=reserve, timecode=timecode, params=params)
+        return sink.stat().st_size
+    # The head part holds ftyp and the reserved moov, rewritten when the muxer finishes.
+    head = max(MIN_PART_SIZE, int(options.get("moov_size", 0)) + (1 << 20))
+    with MultipartWriter(sink.ref, part_size=max(sink.part_size, head), head_size=head,
+                         content_type=sink.content_type) as writer:
+        _write(plan, sources, pieces, audio, writer, container_format, on_bytes, check_cancel,
+               options=options, reserve=reserve, timecode=timecode, params=params)
+        return writer.complete().size
 
 
 def _write(
@@ -235,18 +288,19 @@ def _write(
     sources: Mapping[int, SourceInfo],
     pieces: PieceSource,
     audio: tuple[Path, AudioTarget] | None,
-    path: Path,
+    path: Path | MultipartWriter,
     container_format: str,
     on_bytes: Callable[[int], None] | None,
     check_cancel: Callable[[], None] | None,
     *,
+    options: dict[str, str],
     reserve: bool,
     timecode: str | None = None,
     params: TrackParams | None = None,
 ) -> None:
-    options = _options(plan, sources, audio, container_format, reserve, params)
+    target = str(path) if isinstance(path, Path) else path
     try:
-        out = av.open(str(path), "w", format=container_format, options=options)
+        out = av.open(target, "w", format=container_format, options=options)
     except (OSError, av.error.FFmpegError) as exc:
         raise OutputError(f"cannot create the output file: {exc}") from exc
     templates: list[av.container.InputContainer] = []
@@ -299,7 +353,8 @@ def _write(
 
 def _options(plan: Plan, sources: Mapping[int, SourceInfo],
              audio: tuple[Path, AudioTarget] | None, container_format: str,
-             reserve: bool, params: TrackParams | None = None) -> dict[str, str]:
+             reserve: bool, params: TrackParams | None = None, scale: int = 1
+             ) -> dict[str, str]:
     if container_format != "mp4":
         return {}
     timescale = str(plan.out_time_base.denominator)
@@ -310,7 +365,7 @@ def _options(plan: Plan, sources: Mapping[int, SourceInfo],
         return options
     # ~1 packet per 1024 samples (AAC) or 960 (Opus): estimate, with margin, from duration.
     audio_count = int(plan.duration * audio[1].sample_rate / 900) + 16 if audio else 0
-    size = estimate_moov(plan, audio_count, 1, _record_bound(plan, sources, params))
+    size = scale * estimate_moov(plan, audio_count, 1, _record_bound(plan, sources, params))
     options["moov_size"] = str(size)
     return options
 

@@ -8,6 +8,7 @@ as the disk-based tests check theirs, and against the same export read from disk
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from cluster.settings import MediaRoot, Settings, SettingsError
 from render import objectstore as obs
 from render.config import parse_config
 from render.engine import Prepared, execute, prepare
-from render.errors import ConfigError, SourceNotFoundError
+from render.errors import CancelledError, ConfigError, SourceNotFoundError
+from render.mux import StoredOutput
 from render.plan import CopyPiece, EncodePiece
 from render.sourcefile import LocalFile, StoredFile
 from tests import mediagen as mg
@@ -180,3 +182,69 @@ def test_the_service_exports_from_a_bucket(bucket: obs.S3Location, media_root: M
     prep = _export([bucket], cfg, local)
     assert mg.decode_video(out).stamps == mg.decode_video(local).stamps
     full_check(media_root, files, prep, out)
+
+
+def test_the_engine_writes_an_export_into_a_bucket(
+        bucket: obs.S3Location, media_root: Media, tmp_path: Path) -> None:
+    files = FILES[:2]
+    cfg = make_config(files, MULTICAM)
+    prep = prepare(parse_config(cfg), [bucket])
+    ref = ROOT.object("exports/engine/output.mp4")
+    execute(prep, StoredOutput(ref), work_dir=tmp_path)
+    out = tmp_path / "downloaded.mp4"
+    s3 = obs.s3_client()
+    out.write_bytes(s3.get_object(Bucket=BUCKET, Key=ref.key)["Body"].read())
+    full_check(media_root, files, prep, out)
+    head = out.read_bytes()[:64]
+    assert head[4:8] == b"ftyp" and b"moov" in out.read_bytes()[:1 << 20]  # moov first
+    assert s3.head_object(Bucket=BUCKET, Key=ref.key)["ContentType"] == "video/mp4"
+    assert not list(tmp_path.glob(".cutfarm-*"))  # the engine's scratch is gone
+
+
+def test_a_failed_export_leaves_nothing_in_the_bucket(
+        bucket: obs.S3Location, media_root: Media, tmp_path: Path) -> None:
+    prep = prepare(parse_config(make_config(FILES[:2], MULTICAM)), [bucket])
+    ref = ROOT.object("exports/cancelled/output.mp4")
+    cancel = threading.Event()
+
+    def on_progress(p: Any) -> None:
+        if p.bytes_done > 0:
+            cancel.set()  # midway through assembling: parts may be up already
+
+    with pytest.raises(CancelledError):
+        execute(prep, StoredOutput(ref), work_dir=tmp_path, cancel=cancel,
+                on_progress=on_progress)
+    s3 = obs.s3_client()
+    with pytest.raises(obs.ObjectNotFoundError):
+        obs.stat(ref)
+    assert not s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads")
+
+
+def test_a_reservation_too_small_is_written_again_with_more_room(
+        bucket: obs.S3Location, media_root: Media, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The muxer's index outgrew its reservation: an upload cannot be rewritten in place
+    (faststart), so the export is written again with twice the room."""
+    from render import mux
+
+    scales: list[int] = []
+    real = mux._options
+
+    def tight(*args: Any, **kwargs: Any) -> dict[str, str]:
+        options = real(*args, **kwargs)
+        scale = kwargs.get("scale", 1)
+        scales.append(scale)
+        if scale == 1:
+            options["moov_size"] = "600"  # far too small for any index
+        return options
+
+    monkeypatch.setattr(mux, "_options", tight)
+    files = FILES[:2]
+    prep = prepare(parse_config(make_config(files, MULTICAM)), [bucket])
+    ref = ROOT.object("exports/tight/output.mp4")
+    execute(prep, StoredOutput(ref), work_dir=tmp_path)
+    assert scales == [1, 2]
+    out = tmp_path / "downloaded.mp4"
+    out.write_bytes(obs.s3_client().get_object(Bucket=BUCKET, Key=ref.key)["Body"].read())
+    full_check(media_root, files, prep, out)
+    assert not obs.s3_client().list_multipart_uploads(Bucket=BUCKET).get("Uploads")
