@@ -23,14 +23,16 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 from render.config import ExportConfig, parse_config, unknown_field_warnings
 from render.engine import Prepared
 from render.errors import ConfigError, RenderError
+from render.objectstore import ObjectInfo
 
 from .coordinator import COORDINATOR_NAME, STATUS_NAME, Coordinator
-from .errors import ClusterUnavailableError, JobNotFoundError
+from .errors import ClusterError, ClusterUnavailableError, JobNotFoundError
 from .jobs import JobState, JobStatus, PiecePlacement
 from .planning import plan_job
 from .settings import Settings
 from .status import ChangeBatch, StatusActor
 from .status_cache import Renderer, StatusCache
+from .store import open_store
 from .webhooks import validate_callback_url
 
 log = logging.getLogger("cutfarm.cluster")
@@ -94,7 +96,8 @@ class CutfarmCluster:
     def connect(cls, settings: Settings) -> CutfarmCluster:
         ensure_ray(settings)
         ns = settings.namespace
-        settings.export_root.mkdir(parents=True, exist_ok=True)
+        if isinstance(settings.export_root, Path):
+            settings.export_root.mkdir(parents=True, exist_ok=True)
         status = StatusActor.options(  # type: ignore[attr-defined]
             name=STATUS_NAME, namespace=ns, lifetime="detached", get_if_exists=True,
         ).remote(str(settings.export_root))
@@ -263,14 +266,18 @@ class CutfarmCluster:
         keep(cache, token, result)
         return result
 
-    def output_path(self, status: JobStatus) -> Path | None:
+    def output_path(self, status: JobStatus) -> Path | ObjectInfo | None:
+        """The finished output: a file, or an object in the export bucket."""
         if status.status != JobState.COMPLETED:
             return None
-        for ext in ("mp4", "webm"):
-            path = self.settings.export_root / status.job_id / f"output.{ext}"
-            if path.is_file():
-                return path
-        return None
+        return open_store(self.settings.export_root).finished_output(status.job_id)
+
+    def read_config(self, job_id: str) -> dict[str, Any]:
+        """The job's stored config ({} when it cannot be read)."""
+        try:
+            return open_store(self.settings.export_root).read_config(job_id)
+        except (ClusterError, RenderError, OSError, ValueError):
+            return {}
 
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
         try:

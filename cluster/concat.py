@@ -8,7 +8,10 @@ engine's muxer, so a reader never sees a half-written file.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,8 @@ import ray
 
 from render.engine import Prepared
 from render.errors import OutputError
-from render.mux import assemble
+from render.mux import StoredOutput, assemble
+from render.objectstore import ObjectRef, S3Location, is_s3_url
 
 from .tasks import PieceResult, _placement, _Reporter
 
@@ -74,6 +78,24 @@ class _RefPieces:
             path.unlink(missing_ok=True)
 
 
+#: Scratch of concat actors writing to a bucket, in this node's temp folder.
+NODE_SCRATCH = "cutfarm-concat"
+#: A scratch folder this old belongs to an actor that was killed: nobody else removes it.
+STALE_SCRATCH_SECONDS = 24 * 3600
+
+
+def _node_scratch(job_id: str) -> Path:
+    """This job's scratch on this node, emptied of what an earlier (killed) actor left."""
+    root = Path(tempfile.gettempdir()) / NODE_SCRATCH
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for entry in root.iterdir():
+            with contextlib.suppress(OSError):
+                if entry.name == job_id or now - entry.stat().st_mtime > STALE_SCRATCH_SECONDS:
+                    shutil.rmtree(entry, ignore_errors=True)
+    return root / job_id
+
+
 @ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)
 class ConcatActor:
     def assemble(self, prep: Prepared, refs: list[Any], audio_refs: list[Any], out_path: str,
@@ -85,11 +107,17 @@ class ConcatActor:
         """
         _placement(status, job_id, -2, "concat")
         report = _Reporter(status, job_id, "concat")
-        out = Path(out_path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # Inside the job's work/ folder, which the coordinator removes whatever happens (a
-        # killed actor never runs this block's cleanup).
-        work_root = out.parent / "work"
+        out: Path | StoredOutput
+        if is_s3_url(out_path):
+            loc = S3Location.parse(out_path)
+            out = StoredOutput(ObjectRef(loc.bucket, loc.prefix))
+            work_root = _node_scratch(job_id)
+        else:
+            out = Path(out_path)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            # Inside the job's work/ folder, which the coordinator removes whatever happens
+            # (a killed actor never runs this block's cleanup).
+            work_root = out.parent / "work"
         work_root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="concat-", dir=work_root) as tmp:
             work = Path(tmp)
@@ -101,12 +129,13 @@ class ConcatActor:
                 assert result.data is not None
                 result.data.tofile(apath)
                 audio = (apath, prep.audio)
-            assemble(prep.plan, prep.sources, _RefPieces(list(refs), work), audio, out,
-                     container_format=prep.container_format, timecode=prep.timecode,
-                     params=prep.params,
-                     on_bytes=lambda n: report.add(bytes_=n))
+            size = assemble(prep.plan, prep.sources, _RefPieces(list(refs), work), audio, out,
+                            container_format=prep.container_format, timecode=prep.timecode,
+                            params=prep.params, on_bytes=lambda n: report.add(bytes_=n))
+        if isinstance(out, StoredOutput):
+            shutil.rmtree(work_root, ignore_errors=True)
         report.flush()
-        return out.stat().st_size
+        return size
 
     def ping(self) -> str:
         return "ok"

@@ -40,7 +40,7 @@ from .scheduling import (
     placement,
 )
 from .settings import Settings
-from .store import JobStore
+from .store import open_store
 from .tasks import audio_task, copy_task, encode_task
 from .webhooks import RESUME_WINDOW_SECONDS, notify_finished
 
@@ -115,7 +115,7 @@ def failure_message(exc: BaseException) -> str:
 class Coordinator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = JobStore(settings.export_root)
+        self.store = open_store(settings.export_root)
         self.status: Any = ray.get_actor(STATUS_NAME, namespace=settings.namespace)
         self.queue: list[tuple[int, int, str]] = []
         self.running: dict[str, _Run] = {}
@@ -244,7 +244,7 @@ class Coordinator:
     async def configure(self, settings: Settings) -> None:
         """Take new settings (limits, retention, secrets) without a restart."""
         self.settings = settings
-        self.store = JobStore(settings.export_root)
+        self.store = open_store(settings.export_root)
         self._kick()
 
     async def submit(self, job_id: str, config: dict[str, Any], priority: int,
@@ -402,8 +402,9 @@ class Coordinator:
         free = await asyncio.to_thread(self.store.free_bytes)
         self._admit(run, prep, free)
         work: str | None = None
-        if s.export_volume is None:  # exports are shared: pieces go there as files
-            work_path = self.store.work_dir(job_id)
+        work_path = self.store.work_dir(job_id)
+        if work_path is not None and s.export_volume is None:
+            # Exports are on a shared folder: pieces go there as files.
             await asyncio.to_thread(work_path.mkdir, parents=True, exist_ok=True)
             work = str(work_path)
         prep_ref = ray.put(prep)
@@ -467,7 +468,7 @@ class Coordinator:
     async def _assemble(self, run: _Run, prep: Prepared, prep_ref: Any, refs: list[Any],
                         audio_ref: Any) -> int:
         job_id = run.job_id
-        out = self.store.output_path(job_id, prep.container_format)
+        out = self.store.output_target(job_id, prep.container_format)
         for attempt in range(1, CONCAT_ATTEMPTS + 1):
             where = await asyncio.to_thread(live_volumes)
             run.concat = ConcatActor.options(  # type: ignore[attr-defined]
@@ -476,7 +477,7 @@ class Coordinator:
             ).remote()
             try:
                 size: int = await run.concat.assemble.remote(
-                    prep_ref, refs, [audio_ref] if audio_ref is not None else [], str(out),
+                    prep_ref, refs, [audio_ref] if audio_ref is not None else [], out,
                     job_id, self.status)
                 return size
             except RayActorError:

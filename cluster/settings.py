@@ -160,8 +160,25 @@ class Settings(BaseSettings):
     #: through Serve's proxy actor, "auto": direct when `cutfarm serve` starts its own Ray.
     ingress: Literal["auto", "proxy", "direct"] = Field(
         "auto", validation_alias=AliasChoices("CUTFARM_INGRESS"))
-    #: Where jobs and their outputs live; default ``exports/`` in the first folder root.
-    export_dir: Path | None = _env("CUTFARM_EXPORT_ROOT")
+    #: Where jobs and their outputs live: a folder or ``s3://bucket/prefix``; default
+    #: ``exports/`` in the first folder root.
+    export_dir: Path | S3Location | None = _env("CUTFARM_EXPORT_ROOT")
+    #: Lifetime of the signed URL a download of an export in S3 redirects to.
+    download_url_seconds: int = Field(
+        900, ge=10, le=7 * 24 * 3600,
+        validation_alias=AliasChoices("CUTFARM_DOWNLOAD_URL_SECONDS"))
+
+    @field_validator("export_dir", mode="before")
+    @classmethod
+    def _export_dir(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if is_s3_url(value):
+            try:
+                return S3Location.parse(value)
+            except InvalidLocationError as exc:
+                raise ValueError(f"CUTFARM_EXPORT_ROOT: {exc}") from None
+        return Path(value).expanduser().absolute()
 
     @model_validator(mode="after")
     def _somewhere_to_export(self) -> Settings:
@@ -196,7 +213,7 @@ class Settings(BaseSettings):
         return (init_settings, _MappingSource(settings_cls, environ))
 
     @property
-    def export_root(self) -> Path:
+    def export_root(self) -> Path | S3Location:
         if self.export_dir is not None:
             return self.export_dir
         return self._first_folder.path / "exports"  # type: ignore[operator]
@@ -287,6 +304,7 @@ def to_env(settings: Settings) -> dict[str, str]:
     }
     if settings.export_dir is not None:
         env["CUTFARM_EXPORT_ROOT"] = str(settings.export_dir)
+    env["CUTFARM_DOWNLOAD_URL_SECONDS"] = str(settings.download_url_seconds)
     if settings.token:
         env["CUTFARM_API_TOKEN"] = settings.token
     if settings.webhook_key:

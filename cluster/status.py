@@ -32,11 +32,12 @@ from typing import Any
 import ray
 
 from render.engine import Progress
+from render.paths import media_location
 
 from .errors import JobConflictError, JobNotFoundError
 from .jobs import JobState, JobStatus, PiecePlacement, config_hash
 from .metrics import Metrics
-from .store import JobStore
+from .store import Store, open_store
 
 #: Progress-only changes are written to disk at most this often per job; state changes
 #: are written at once.
@@ -152,7 +153,7 @@ def _states_after(entries: deque[tuple[int, JobStatus]], after: int) -> list[Job
 
 
 class StatusBook:
-    def __init__(self, store: JobStore, metrics: Metrics | None = None,
+    def __init__(self, store: Store, metrics: Metrics | None = None,
                  writer: Writer | None = None) -> None:
         self.store = store
         self.metrics = metrics
@@ -370,9 +371,7 @@ class StatusActor:
     """
 
     def __init__(self, export_root: str) -> None:
-        from pathlib import Path
-
-        store = JobStore(Path(export_root))
+        store = open_store(media_location(export_root))
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status-writer")
         self._durable: Future[None] | None = None
         self.book = StatusBook(store, Metrics(), writer=self._enqueue)

@@ -103,7 +103,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .jobs import JobState, JobStatus
-from .store import JobStore
+from .store import Store
 
 log = logging.getLogger("cutfarm.webhooks")
 
@@ -471,7 +471,7 @@ def spawn(url: str | None, status: JobStatus, secret: str | None, record: Record
     return task
 
 
-async def notify_finished(job_id: str, status_actor: Any, store: JobStore,
+async def notify_finished(job_id: str, status_actor: Any, store: Store,
                           secret: str | None, **options: Any) -> asyncio.Task[bool] | None:
     """The coordinator's hook, awaited right after a job's terminal status update.
 

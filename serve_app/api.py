@@ -13,12 +13,19 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi_offline import FastAPIOffline
 from ray.exceptions import RayError
 
@@ -28,6 +35,7 @@ from cluster.jobs import JobState, JobStatus
 from cluster.settings import Settings
 from render.config import is_valid_job_id, unknown_field_warnings
 from render.errors import ConfigError, RenderError
+from render.objectstore import presigned_get
 
 from .errors import NOT_FOUND, HTTPProblem, problem_response
 from .security import BodyLimit, check_bearer, check_download, download_url
@@ -243,15 +251,29 @@ async def export_download(request: Request, job_id: str, expires: str | None = N
         status = await cluster.get(job_id)
     except JobNotFoundError:
         raise HTTPProblem(404, NOT_FOUND) from None
-    path = await asyncio.to_thread(cluster.output_path, status)
-    if path is None:
+    found = await asyncio.to_thread(cluster.output_path, status)
+    if found is None:
         raise HTTPProblem(404, NOT_FOUND)
-    ext = path.suffix.lstrip(".")
-    config = await asyncio.to_thread(cluster_config, cluster, job_id)
+    ext = found.suffix.lstrip(".") if isinstance(found, Path) else found.ref.name.rsplit(".")[-1]
+    config = await asyncio.to_thread(cluster.read_config, job_id)
     name = str(config.get("projectName") or job_id)
-    # FileResponse streams from disk and answers Range/If-Range with 206 by itself.
-    return FileResponse(path, media_type=MEDIA_TYPES.get(ext, "application/octet-stream"),
-                        headers={"Content-Disposition": content_disposition(name, ext)})
+    media_type = MEDIA_TYPES.get(ext, "application/octet-stream")
+    disposition = content_disposition(name, ext)
+    if isinstance(found, Path):
+        # FileResponse streams from disk and answers Range/If-Range with 206 by itself.
+        return FileResponse(found, media_type=media_type,
+                            headers={"Content-Disposition": disposition})
+    if request.method == "HEAD":
+        # A signed URL is signed for GET only: HEAD is answered here, from the object's HEAD.
+        return Response(headers={
+            "Content-Type": media_type, "Content-Length": str(found.size),
+            "Content-Disposition": disposition, "Accept-Ranges": "bytes",
+            "ETag": found.etag})
+    # The bytes never pass through Serve: the client follows to the store, Range included.
+    url = await asyncio.to_thread(
+        presigned_get, found.ref, expires=cluster.settings.download_url_seconds,
+        filename=f"{name}.{ext}")
+    return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
 
 
 @router.delete("/api/export/{job_id}",
@@ -276,15 +298,6 @@ async def health(request: Request) -> JSONResponse:
     except ClusterError as exc:
         return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
     return JSONResponse({"status": "ok", "active": len(jobs)})
-
-
-def cluster_config(cluster: CutfarmCluster, job_id: str) -> dict[str, Any]:
-    path = cluster.settings.export_root / job_id / "config.json"
-    try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data
 
 
 def content_disposition(name: str, ext: str) -> str:

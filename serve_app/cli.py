@@ -48,7 +48,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.media_root:
         changes["media_roots"] = parse_media_roots(",".join(args.media_root))
     if getattr(args, "export_root", None):
-        changes["export_dir"] = Path(args.export_root).expanduser().absolute()
+        changes["export_dir"] = args.export_root  # a folder or s3://bucket/prefix
     if args.host:
         changes["host"] = args.host
     if args.port:
@@ -159,7 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     client = _client(args)
     code = _submit(client, config, True, None)
     if code == 0:
-        out = settings.export_root / config["id"] / "output.mp4"
+        out = f"{settings.export_root}/{config['id']}/output.mp4"
         print(f"the demo export is at {out}")
     return code
 
@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "PATH, PATH=VOLUME or s3://bucket/prefix; default "
                             "CUTFARM_MEDIA_ROOTS or ./data")
         p.add_argument("--export-root",
-                       help="folder for jobs and outputs (default CUTFARM_EXPORT_ROOT, else "
-                            "exports/ in the first folder media root)")
+                       help="folder or s3://bucket/prefix for jobs and outputs (default "
+                            "CUTFARM_EXPORT_ROOT, else exports/ in the first folder media root)")
         p.add_argument("--host", help="bind address (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="HTTP port (default 8000)")
         p.add_argument("--token", help="require this bearer token (CUTFARM_API_TOKEN)")

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -31,6 +33,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from cluster.settings import Settings
+from render.objectstore import S3Location
 
 from .errors import ServeRefusedError
 from .ingress import ingress_environment
@@ -81,14 +84,22 @@ def check_port_free(host: str, port: int, patience: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def serve_lock(export_root: Path) -> Iterator[TextIO]:
+def serve_lock(export_root: Path | S3Location) -> Iterator[TextIO]:
     """Hold the export root for this process; refuse when another ``serve`` holds it.
 
     Two services on one export root would both resume its unfinished jobs. The lock is an
-    flock, so it is released by the kernel however this process ends.
+    flock, so it is released by the kernel however this process ends. A bucket cannot be
+    flocked: its lock is a file in this machine's temp folder, named for the URL, so it
+    keeps a second ``serve`` on this machine off the bucket, not one on another machine.
     """
-    export_root.mkdir(parents=True, exist_ok=True)
-    path = export_root / LOCK_FILE
+    if isinstance(export_root, S3Location):
+        digest = hashlib.sha256(export_root.url.encode()).hexdigest()[:20]
+        folder = Path(tempfile.gettempdir()) / "cutfarm-locks" / digest
+        shown = export_root.url
+    else:
+        folder, shown = export_root, str(export_root.parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
     fh = path.open("a+", encoding="utf-8")
     try:
         try:
@@ -98,7 +109,7 @@ def serve_lock(export_root: Path) -> Iterator[TextIO]:
             holder = _read_holder(fh.read())
             where = holder.describe() if holder else "by another process"
             raise ServeRefusedError(
-                f"cutfarm is already serving {export_root.parent} at {where}; stop it, or "
+                f"cutfarm is already serving {shown} at {where}; stop it, or "
                 "give this one its own --media-root (and --port)") from None
         yield fh
     finally:

@@ -8,14 +8,20 @@ as the disk-based tests check theirs, and against the same export read from disk
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
+from cluster.errors import JobNotFoundError
+from cluster.jobs import JobState
 from cluster.settings import MediaRoot, Settings, SettingsError
+from cluster.status import StatusBook
+from cluster.store import BucketStore
 from render import objectstore as obs
 from render.config import parse_config
 from render.engine import Prepared, execute, prepare
@@ -248,3 +254,101 @@ def test_a_reservation_too_small_is_written_again_with_more_room(
     out.write_bytes(obs.s3_client().get_object(Bucket=BUCKET, Key=ref.key)["Body"].read())
     full_check(media_root, files, prep, out)
     assert not obs.s3_client().list_multipart_uploads(Bucket=BUCKET).get("Uploads")
+
+
+def test_the_service_exports_into_a_bucket(bucket: obs.S3Location, media_root: Media,
+                                           tmp_path: Path) -> None:
+    """Sources on disk, exports in S3: upload while assembling, signed-URL downloads, job
+    documents beside the output, found again by a restarted cluster; deletes leave
+    nothing behind."""
+    files = FILES[:2]
+    exports = obs.S3Location(BUCKET, "farm/exports")
+    cfg = {**make_config(files, MULTICAM), "id": "export-into-s3",
+           "projectName": 'Épisode "1"'}
+    settings = {"media_roots": (MediaRoot(media_root.root),), "export_dir": exports}
+    s3 = obs.s3_client()
+    with running_api(tmp_path, **settings) as api, api.client() as client:
+        assert client.post("/api/export", json=cfg).status_code == 200
+        done = poll(client, "export-into-s3", timeout=300)
+        assert done["status"] == "completed", done
+        keys = {o["Key"] for o in s3.list_objects_v2(
+            Bucket=BUCKET, Prefix="farm/exports/export-into-s3/")["Contents"]}
+        assert keys == {f"farm/exports/export-into-s3/{n}"
+                        for n in ("config.json", "status.json", "output.mp4")}
+        r = client.get(done["downloadUrl"], follow_redirects=False)
+        assert r.status_code == 307, r.text
+        signed = r.headers["location"]
+        assert "X-Amz-Signature=" in signed and S3_SECRET not in signed
+        body = httpx.get(signed, timeout=60)
+        assert body.status_code == 200
+        assert "filename*=UTF-8''%C3%89pisode" in body.headers["content-disposition"]
+        part = httpx.get(signed, headers={"Range": "bytes=100-199"}, timeout=60)
+        assert part.status_code == 206 and part.content == body.content[100:200]
+        head = client.head(done["downloadUrl"])
+        assert head.status_code == 200
+        assert int(head.headers["content-length"]) == len(body.content)
+        # The editor's plain GET follows the redirect like a browser does.
+        assert client.get(done["downloadUrl"], follow_redirects=True).content == body.content
+    out = tmp_path / "out.mp4"
+    out.write_bytes(body.content)
+    prep = prepare(parse_config(cfg), [media_root.root])
+    full_check(media_root, files, prep, out)
+    assert not s3.list_multipart_uploads(Bucket=BUCKET, Prefix="farm/").get("Uploads")
+
+    # A new cluster on the same bucket finds the job; deleting it removes every object.
+    with running_api(tmp_path, **settings) as api, api.client() as client:
+        listed = client.get("/api/export").json()
+        assert "export-into-s3" in json.dumps(listed)
+        assert client.get("/api/export/export-into-s3/status").json()["status"] == "completed"
+        assert client.delete("/api/export/export-into-s3").status_code == 200
+        assert client.get("/api/export/export-into-s3/status").status_code == 404
+    assert not s3.list_objects_v2(Bucket=BUCKET, Prefix="farm/exports/export-into-s3/"
+                                  ).get("Contents")
+
+
+JOB_CFG = {"version": 1, "id": "export-1", "sources": [{"filePath": "a.mp4"}],
+           "segments": [{"sourceIndex": 0, "startTime": 0, "endTime": 1}],
+           "output": {"format": "mp4"}}
+
+
+@pytest.mark.parametrize("damage", [b"{not json", None])
+def test_a_bucket_store_keeps_jobs_like_a_folder(bucket: obs.S3Location,
+                                                 damage: bytes | None) -> None:
+    """The job documents in a bucket: the status book reloads them, a damaged status is a
+    failed job (written back readable), progress writes are thinned, removals are whole."""
+    root = obs.S3Location(BUCKET, f"store-{'none' if damage is None else 'bad'}")
+    store = BucketStore(root)
+    book = StatusBook(store)
+    book.create("export-1", JOB_CFG, 0)
+    assert store.read_config("export-1") == JOB_CFG
+    assert store.read_status("export-1") is not None
+    s3 = obs.s3_client()
+    status_key = root.object("export-1/status.json").key
+    first = s3.head_object(Bucket=BUCKET, Key=status_key)["ETag"]
+    for _ in range(3):  # progress only: at most one write per BUCKET_PROGRESS_INTERVAL
+        store.write_status_data("export-1", {"progress": "tick"}, durable=False)
+    assert s3.head_object(Bucket=BUCKET, Key=status_key)["ETag"] == first
+    if damage is None:
+        s3.delete_object(Bucket=BUCKET, Key=status_key)
+    else:
+        s3.put_object(Bucket=BUCKET, Key=status_key, Body=damage)
+    reloaded = StatusBook(store)
+    status = reloaded.get("export-1")
+    assert status.status == JobState.FAILED and status.error is not None
+    assert "status file" in status.error
+    assert json.loads(s3.get_object(Bucket=BUCKET, Key=status_key)["Body"].read()
+                      )["status"] == "failed"
+    # An upload a killed writer left open, and an output: removed with the outputs only.
+    key = root.object("export-1/output.mp4").key
+    s3.create_multipart_upload(Bucket=BUCKET, Key=key)
+    s3.put_object(Bucket=BUCKET, Key=key + ".old", Body=b"x")
+    store.remove_outputs("export-1")
+    assert not s3.list_multipart_uploads(Bucket=BUCKET, Prefix=root.prefix).get("Uploads")
+    left = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=root.prefix)["Contents"]}
+    assert left == {root.object("export-1/config.json").key, status_key}
+    store.remove_job("export-1")
+    assert not s3.list_objects_v2(Bucket=BUCKET, Prefix=root.prefix).get("Contents")
+    store.write_status_data("export-1", status.to_file(), durable=True)  # a late write
+    assert not s3.list_objects_v2(Bucket=BUCKET, Prefix=root.prefix).get("Contents")
+    with pytest.raises(JobNotFoundError):
+        store.read_config("../export-1")

@@ -77,6 +77,8 @@ def new_client(*, profile: str | None = None, connect_timeout: float = 10.0,
             read_timeout=read_timeout,
             max_pool_connections=max_pool_connections,
             tcp_keepalive=True,
+            # Presigned URLs too: SigV2 is refused by newer AWS regions and by R2.
+            signature_version="s3v4",
         )
         return session.client("s3", config=config)
     except ProfileNotFound as exc:
