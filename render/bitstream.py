@@ -516,6 +516,8 @@ class Conformer:
                 self._initial[record] = _record_state(self.codec, record)
             self._state = dict(self._initial[record])
             self._epoch = None
+        if fmt == self.fmt and self._passes(data, fmt):
+            return data
         units = split(data, fmt)
         kept = [u for u in units if not self._absorb(u)]
         epoch = self._epoch or self._find_epoch()
@@ -525,6 +527,21 @@ class Conformer:
                 a is b for a, b in zip(kept, units, strict=True)):
             return data
         return join(kept, self.fmt)
+
+    def _passes(self, data: bytes, fmt: SampleFormat) -> bool:
+        """Whether ``data`` (already in the track's framing) goes out as it is: it carries
+        no parameter set and its sets' epoch renumbers nothing. Reads only the NAL headers:
+        copying every unit out (as :meth:`_packet` must to change one) costs as much as the
+        rest of the copy path for large frames."""
+        assert fmt.length_size is not None
+        inband = INBAND_TYPES[self.codec]
+        h264 = self.codec == "h264"
+        for pos, _ in nal.nal_spans(data, fmt.length_size):
+            kind = data[pos] & 0x1F if h264 else (data[pos] >> 1) & 0x3F
+            if kind in inband:
+                return False
+        epoch = self._epoch or self._find_epoch()
+        return epoch.identity
 
     def _absorb(self, unit: bytes) -> bool:
         """Whether ``unit`` is a parameter set (now part of the decoder state)."""

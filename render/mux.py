@@ -311,21 +311,26 @@ def _write(
             vstream.metadata["timecode"] = timecode  # the mov muxer adds a tmcd track for it
         audio_out = _AudioOut(out, audio) if audio else None
         tb = plan.out_time_base
+        # Python ints up front: numpy scalars and Fractions per packet cost more than
+        # muxing a small packet does.
+        out_pts = plan.out_pts.tolist()
+        durations = _frame_durations(plan, out_pts)
+        delay = plan.reorder_delay
         packets = video_packets(plan, sources, pieces, on_bytes=on_bytes,
                                 check_cancel=check_cancel)
         for i, vp in enumerate(packets):
-            pts = int(plan.out_pts[vp.out_disp])
-            dts = _dts(plan, i)
+            pts = out_pts[vp.out_disp]
+            dts = out_pts[i - delay] if i >= delay else _dts(plan, i)
             if dts > pts:
                 raise OutputError(f"internal error: frame {vp.out_disp} decodes after it shows")
             if audio_out is not None:
-                audio_out.write_until(dts * tb)  # interleave: audio that plays before this
+                audio_out.write_until(dts, tb)  # interleave: audio that plays before this
             packet = av.Packet(track.packet_data(vp))
             packet.stream = vstream
             packet.time_base = tb
             packet.pts = pts
             packet.dts = dts
-            packet.duration = plan.frame_duration(vp.out_disp)
+            packet.duration = durations[vp.out_disp]
             packet.is_keyframe = vp.is_keyframe
             if i == 0 and track.record:
                 # The muxer takes the track's description from the first packet's side data
@@ -333,7 +338,7 @@ def _write(
                 new_extradata(track.record).to_packet(packet)
             out.mux(packet)
         if audio_out is not None:
-            audio_out.write_until(None)
+            audio_out.write_until(None, tb)
     except BaseException:
         _close_quietly(out)
         raise
@@ -380,14 +385,18 @@ class _AudioOut:
         self.stream = _audio_stream(out, self.target)
         self.packets = read_packets(audio[0])
         self.pending = next(self.packets, None)
+        self.time_base = Fraction(1, self.target.sample_rate)
 
-    def write_until(self, t: Fraction | None) -> None:
-        rate = self.target.sample_rate
-        while self.pending is not None and (t is None or Fraction(self.pending.dts, rate) <= t):
+    def write_until(self, ticks: int | None, tb: Fraction) -> None:
+        """Mux the audio packets that start at or before ``ticks`` * ``tb`` (all: None)."""
+        # pending.dts / rate <= ticks * tb, in integers (rate and tb.denominator > 0)
+        limit = None if ticks is None else ticks * tb.numerator * self.target.sample_rate
+        den = tb.denominator
+        while self.pending is not None and (limit is None or self.pending.dts * den <= limit):
             p = self.pending
             packet = av.Packet(p.data)
             packet.stream = self.stream
-            packet.time_base = Fraction(1, rate)
+            packet.time_base = self.time_base
             packet.pts = p.pts
             packet.dts = p.dts
             packet.duration = p.duration
@@ -398,6 +407,14 @@ class _AudioOut:
 def _close_quietly(out: av.container.OutputContainer) -> None:
     with contextlib.suppress(av.error.FFmpegError, OSError):
         out.close()
+
+
+def _frame_durations(plan: Plan, out_pts: list[int]) -> list[int]:
+    """``plan.frame_duration(j)`` for every output frame ``j``."""
+    if not out_pts:
+        return []
+    ends = [*out_pts[1:], int(plan.out_end)]
+    return [end - start for start, end in zip(out_pts, ends, strict=True)]
 
 
 def _dts(plan: Plan, i: int) -> int:

@@ -45,6 +45,7 @@ __all__ = [
     "annexb_to_length_prefixed",
     "classify_sample",
     "is_random_access_point",
+    "nal_spans",
     "nal_type_h264",
     "nal_type_hevc",
     "normalize_codec",
@@ -313,24 +314,31 @@ def nal_type_hevc(nal: bytes) -> int:
 
 def split_nals(sample: bytes, length_size: int) -> list[bytes]:
     """NAL units of a length-prefixed (MP4) sample; a length overrunning the sample raises."""
+    data = bytes(sample)
+    return [data[pos : pos + size] for pos, size in nal_spans(data, length_size)]
+
+
+def nal_spans(data: bytes, length_size: int) -> list[tuple[int, int]]:
+    """(offset, size) of each NAL unit of a length-prefixed sample, validated as
+    :func:`split_nals` does, without copying any unit out."""
     if length_size not in (1, 2, 4):
         raise NalError(f"NAL length size {length_size} is not 1, 2 or 4")
-    data = bytes(sample)
-    nals: list[bytes] = []
+    spans: list[tuple[int, int]] = []
     pos = 0
-    while pos < len(data):
-        if pos + length_size > len(data):
+    end = len(data)
+    while pos < end:
+        if pos + length_size > end:
             raise NalError(f"sample ends inside a NAL length field at byte {pos}")
         size = int.from_bytes(data[pos : pos + length_size], "big")
         pos += length_size
-        if size == 0 or pos + size > len(data):
+        if size == 0 or pos + size > end:
             raise NalError(
-                f"NAL unit of {size} bytes at byte {pos} does not fit the {len(data)}-byte "
+                f"NAL unit of {size} bytes at byte {pos} does not fit the {end}-byte "
                 "sample (wrong length size, or not a length-prefixed sample?)"
             )
-        nals.append(data[pos : pos + size])
+        spans.append((pos, size))
         pos += size
-    return nals
+    return spans
 
 
 def split_annexb(data: bytes) -> list[bytes]:
