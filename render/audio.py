@@ -28,6 +28,7 @@ from .errors import CorruptMediaError, OutputError
 from .media import SourceInfo
 from .piecefile import PieceHeader, PieceWriter
 from .plan import AudioSpan
+from .sourcefile import StoredFile
 
 FloatBlock = npt.NDArray[np.float32]
 
@@ -212,7 +213,12 @@ def _decode_span(src: SourceInfo, start: Fraction, n: int, target: AudioTarget) 
     stream_origin = src.audio.start  # container time of sample 0
     produced = 0
     try:
-        with av.open(src.file.demux_input(), "r", metadata_errors="ignore") as container:
+        # Only the audio is demuxed: a stored source need not fetch the video samples.
+        skip = (src.video.offset, src.video.index.size)
+        # From a bucket: the codec parameters are the moov's, and with the video masked
+        # FFmpeg would read megabytes of packets looking for its pixel format.
+        options = {"probesize": "32"} if isinstance(src.file, StoredFile) else {}
+        with _open_audio(src, skip, options) as container:
             ast = container.streams.audio[0]
             tb = Fraction(ast.time_base) if ast.time_base is not None else Fraction(1, rate)
             seek_to = stream_origin + Fraction(want, rate) - PREROLL_SECONDS
@@ -244,6 +250,33 @@ def _decode_span(src: SourceInfo, start: Fraction, n: int, target: AudioTarget) 
         ) from exc
     if produced < n:  # the audio ends before the picture: pad with silence
         yield from _silence(n - produced, target.channels)
+
+
+def _open_audio(src: SourceInfo, skip: tuple[npt.ArrayLike, npt.ArrayLike],
+                options: dict[str, str]) -> av.container.InputContainer:
+    """The source opened for demuxing its audio alone.
+
+    FFmpeg's probe on opening would decode a video frame (a 4K I-frame costs up to 0.2 s),
+    once per audio span: the video stream's decoder is told to skip every frame. (FFmpeg
+    then warns, if its log is on, that the video's pixel format is unknown; nothing here
+    needs it.) The mov demuxer then skips the other streams' samples instead of reading
+    (and allocating) every video byte between the audio packets; not Matroska's, where
+    discarding changes where decoding resumes after a seek.
+    """
+    assert src.audio is not None
+    probe: list[dict[str, str]] = [{} for _ in range(src.video.stream_index + 1)]
+    if src.video.stream_index != src.audio.stream_index:
+        probe[src.video.stream_index] = {"skip_frame": "all"}
+    # PyAV's stub types stream_options as list[str]; it takes one dict per stream.
+    container: av.container.InputContainer = av.open(
+        src.file.demux_input(skip), "r", metadata_errors="ignore", options=options,
+        stream_options=probe)  # type: ignore[call-overload]
+    if "mov" in src.container.split(","):
+        audio_index = container.streams.audio[0].index
+        for st in container.streams:
+            if st.index != audio_index:
+                st.discard = av.stream.Discard.all
+    return container
 
 
 def _position(frame: av.AudioFrame, origin: Fraction, rate: int) -> int | None:

@@ -17,10 +17,14 @@ read the one version the probe saw, or fail with ObjectChangedError.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import numpy as np
+import numpy.typing as npt
 
 from .errors import CorruptMediaError
 from .objectstore import ObjectInfo, RangedReader, ReadStats, read_ranges
@@ -46,9 +50,9 @@ class LocalFile:
     def open(self) -> BinaryIO:
         return self.path.open("rb")
 
-    def demux_input(self) -> str:
+    def demux_input(self, skip: tuple[npt.ArrayLike, npt.ArrayLike] | None = None) -> str:
         """What ``av.open`` gets: FFmpeg reads a local path itself, faster than through
-        Python."""
+        Python (``skip`` matters only for a stored file)."""
         return str(self.path)
 
 
@@ -86,8 +90,11 @@ class StoredFile:
         # Counters are per process (and hold a lock): a worker starts its own.
         return StoredFile, (self.info,)
 
-    def demux_input(self) -> BinaryIO:
-        return self.open()
+    def demux_input(self, skip: tuple[npt.ArrayLike, npt.ArrayLike] | None = None
+                    ) -> BinaryIO:
+        """A file for FFmpeg; ``skip``: (offsets, sizes) of samples it will not read (the
+        video's, when demuxing the audio), never fetched."""
+        return MaskedReader(self, *skip) if skip is not None else self.open()
 
 
 SourceFile = LocalFile | StoredFile
@@ -126,3 +133,116 @@ def read_samples(file: SourceFile, spans: Iterable[tuple[int, int]]
 def _truncated(file: SourceFile, offset: int) -> CorruptMediaError:
     return CorruptMediaError(
         f"source file {file.name!r} is truncated: a sample at byte {offset} is incomplete")
+
+
+#: A masked reader fetches the bytes it may need in batches covering up to this much of the
+#: file: 64 KiB after a seek (opening a file, a segment's start), doubling while the demuxer
+#: reads on.
+MASK_BATCH_SPAN = 16 << 20
+MASK_FIRST_SPAN = 64 << 10
+#: ... and keeps this many batches' bytes (a demuxer seeks back a little at every segment).
+MASK_KEPT = 64
+#: Wanted spans closer than this are fetched in one GET, masked bytes between included.
+#: Further apart they are fetched apart, however small: in a finely interleaved 4K file
+#: (a few KB of audio after every 700 KB frame) that is a GET per frame of audio, sent
+#: eight at a time, instead of fetching the video twice.
+MASK_MERGE_GAP = 32 << 10
+MASK_IN_FLIGHT = 8
+
+
+class MaskedReader(io.RawIOBase, BinaryIO):
+    """A stored source for a demuxer that reads only some of its streams.
+
+    FFmpeg reads an MP4 through a 32 KiB buffer, so demuxing only the audio of a segment
+    still reads every video sample in it. Here the video samples' bytes (known from the
+    index) read as zeros and are not fetched -- the demuxer skips those packets unread --
+    and the bytes between them (audio, boxes) are fetched in batches of a few GETs.
+    """
+
+    def __init__(self, file: StoredFile, offsets: npt.ArrayLike, sizes: npt.ArrayLike) -> None:
+        super().__init__()
+        order = np.argsort(np.asarray(offsets, dtype=np.int64), kind="stable")
+        self._starts = np.asarray(offsets, dtype=np.int64)[order]
+        self._ends = self._starts + np.asarray(sizes, dtype=np.int64)[order]
+        self._file = file
+        self._pos = 0
+        self._have: list[tuple[int, bytes]] = []  # fetched (offset, bytes), oldest first
+        self._span = MASK_FIRST_SPAN
+        self._reached = -1  # end of the last batch
+
+    @property
+    def name(self) -> str:
+        return self._file.name
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._file.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any, /) -> int:
+        view = memoryview(buffer).cast("B")
+        end = min(self._pos + len(view), self._file.size)
+        pos = self._pos
+        while pos < end:
+            i = int(np.searchsorted(self._ends, pos, side="right"))
+            if i < len(self._starts) and self._starts[i] <= pos:  # inside a video sample
+                stop = min(end, int(self._ends[i]))
+                view[pos - self._pos:stop - self._pos] = bytes(stop - pos)
+            else:
+                stop = min(end, int(self._starts[i]) if i < len(self._starts) else end)
+                data = self._bytes(pos, stop)
+                view[pos - self._pos:stop - self._pos] = data
+            pos = stop
+        n = end - self._pos
+        self._pos = end
+        return max(n, 0)
+
+    def _bytes(self, lo: int, hi: int) -> bytes:
+        for off, data in reversed(self._have):
+            if off <= lo and hi <= off + len(data):
+                return data[lo - off:hi - off]
+        self._fetch_from(lo, hi)
+        return self._bytes(lo, hi)
+
+    def _gaps(self, lo: int, limit: int) -> list[tuple[int, int]]:
+        """The unmasked spans from ``lo`` up to ``limit``, as (offset, size)."""
+        out: list[tuple[int, int]] = []
+        pos = lo
+        i = int(np.searchsorted(self._ends, pos, side="right"))
+        while pos < limit:
+            if i < len(self._starts) and self._starts[i] <= pos:
+                pos = int(self._ends[i])
+                i += 1
+                continue
+            stop = min(limit, int(self._starts[i]) if i < len(self._starts) else limit)
+            if stop > pos:
+                out.append((pos, stop - pos))
+            pos = stop
+        return out
+
+    def _fetch_from(self, lo: int, hi: int) -> None:
+        self._span = min(2 * self._span, MASK_BATCH_SPAN) if lo >= self._reached and \
+            lo - self._reached < self._span else MASK_FIRST_SPAN
+        limit = min(self._file.size, max(hi, lo + self._span))
+        self._reached = limit
+        gaps = self._gaps(lo, limit)
+        spans: list[list[int]] = []
+        for o, s in gaps:
+            if spans and o - spans[-1][1] <= MASK_MERGE_GAP:
+                spans[-1][1] = o + s
+            else:
+                spans.append([o, o + s])
+        ranges = [(a, b - a) for a, b in spans]
+        fetched = read_ranges(self._file.info, ranges, stats=self._file.stats,
+                              max_gap=0, waste_ratio=0.0, read_ahead=MASK_IN_FLIGHT)
+        self._have += [(a, bytes(data)) for (a, _), data in zip(ranges, fetched, strict=True)]
+        del self._have[:-MASK_KEPT]

@@ -352,3 +352,33 @@ def test_a_bucket_store_keeps_jobs_like_a_folder(bucket: obs.S3Location,
     assert not s3.list_objects_v2(Bucket=BUCKET, Prefix=root.prefix).get("Contents")
     with pytest.raises(JobNotFoundError):
         store.read_config("../export-1")
+
+
+@pytest.mark.parametrize("layout", ["coarse", "fine"])
+def test_a_masked_reader_reads_everything_but_the_masked_samples(
+        bucket: obs.S3Location, layout: str) -> None:
+    """Camera files interleave audio every ~second (coarse), FFmpeg/OBS every frame (fine)."""
+    rng = np.random.default_rng(11)
+    data = rng.integers(0, 256, 4 << 20, dtype=np.uint8).tobytes()
+    ref = ROOT.object(f"blobs/masked-{layout}.bin")
+    obs.s3_client().put_object(Bucket=BUCKET, Key=ref.key, Body=data)
+    if layout == "coarse":  # 200-300 KB of "video" between 2-5 KB of "audio"
+        sizes, gaps = rng.integers(200_000, 300_000, 15), rng.integers(2000, 5000, 15)
+    else:  # 2-9 KB of video between 0-3 KB of audio
+        sizes, gaps = rng.integers(2000, 9000, 300), rng.integers(0, 3000, 300)
+    offsets = 4096 + np.cumsum(gaps + sizes) - sizes
+    expected = bytearray(data)
+    for o, s in zip(offsets, sizes, strict=True):
+        expected[o:o + s] = bytes(int(s))
+    file = StoredFile(obs.stat(ref))
+    reader = file.demux_input((offsets, sizes))
+    assert reader.read() == bytes(expected)
+    unmasked = len(data) - int(sizes.sum())
+    if layout == "coarse":  # the masked bytes are never fetched
+        assert file.stats.bytes_requested <= unmasked, file.stats
+    assert file.stats.requests <= len(data) // (32 << 10), file.stats  # batched, not per gap
+    for _ in range(200):  # seeks and reads of every size, as a demuxer makes them
+        pos = int(rng.integers(0, len(data)))
+        n = int(rng.integers(0, 70_000))
+        reader.seek(pos)
+        assert reader.read(n) == bytes(expected[pos:pos + n])
