@@ -266,7 +266,7 @@ class CutfarmCluster:
         keep(cache, token, result)
         return result
 
-    def output_path(self, status: JobStatus) -> Path | ObjectInfo | None:
+    def finished_output(self, status: JobStatus) -> Path | ObjectInfo | None:
         """The finished output: a file, or an object in the export bucket."""
         if status.status != JobState.COMPLETED:
             return None

@@ -110,7 +110,8 @@ class ConcatActor:
         out: Path | StoredOutput
         if is_s3_url(out_path):
             loc = S3Location.parse(out_path)
-            out = StoredOutput(ObjectRef(loc.bucket, loc.prefix))
+            kind = "webm" if loc.prefix.endswith(".webm") else "mp4"
+            out = StoredOutput(ObjectRef(loc.bucket, loc.prefix), content_type=f"video/{kind}")
             work_root = _node_scratch(job_id)
         else:
             out = Path(out_path)

@@ -60,11 +60,6 @@ class JobStore:
     def __init__(self, export_root: Path) -> None:
         self.root = export_root
 
-    @property
-    def shared_work(self) -> bool:
-        """Pieces can be written to the job's ``work/`` folder for the concat actor."""
-        return True
-
     def output_target(self, job_id: str, fmt: str) -> str:
         """Where the concat actor writes the output: a path, or an s3:// URL."""
         return str(self.output_path(job_id, fmt))
@@ -172,8 +167,6 @@ class BucketStore:
         self.root = root
         self._written: dict[str, float] = {}
         self._lock = threading.Lock()
-
-    shared_work = False
 
     def _ref(self, job_id: str, name: str) -> ObjectRef:
         if not is_valid_job_id(job_id):

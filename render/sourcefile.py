@@ -140,8 +140,9 @@ def _truncated(file: SourceFile, offset: int) -> CorruptMediaError:
 #: reads on.
 MASK_BATCH_SPAN = 16 << 20
 MASK_FIRST_SPAN = 64 << 10
-#: ... and keeps this many batches' bytes (a demuxer seeks back a little at every segment).
-MASK_KEPT = 64
+#: ... and keeps up to this many of the bytes it fetched (a demuxer seeks back a little at
+#: every segment).
+MASK_KEPT_BYTES = 32 << 20
 #: Wanted spans closer than this are fetched in one GET, masked bytes between included.
 #: Further apart they are fetched apart, however small: in a finely interleaved 4K file
 #: (a few KB of audio after every 700 KB frame) that is a GET per frame of audio, sent
@@ -156,7 +157,8 @@ class MaskedReader(io.RawIOBase, BinaryIO):
     FFmpeg reads an MP4 through a 32 KiB buffer, so demuxing only the audio of a segment
     still reads every video sample in it. Here the video samples' bytes (known from the
     index) read as zeros and are not fetched -- the demuxer skips those packets unread --
-    and the bytes between them (audio, boxes) are fetched in batches of a few GETs.
+    and the bytes between them (audio, boxes) are fetched in batches, several GETs in
+    flight. Memory: ``MASK_KEPT_BYTES`` plus one batch.
     """
 
     def __init__(self, file: StoredFile, offsets: npt.ArrayLike, sizes: npt.ArrayLike) -> None:
@@ -245,4 +247,9 @@ class MaskedReader(io.RawIOBase, BinaryIO):
         fetched = read_ranges(self._file.info, ranges, stats=self._file.stats,
                               max_gap=0, waste_ratio=0.0, read_ahead=MASK_IN_FLIGHT)
         self._have += [(a, bytes(data)) for (a, _), data in zip(ranges, fetched, strict=True)]
-        del self._have[:-MASK_KEPT]
+        kept = 0
+        for k in range(len(self._have) - 1, -1, -1):
+            kept += len(self._have[k][1])
+            if kept > MASK_KEPT_BYTES:
+                del self._have[:k]
+                break

@@ -251,7 +251,7 @@ async def export_download(request: Request, job_id: str, expires: str | None = N
         status = await cluster.get(job_id)
     except JobNotFoundError:
         raise HTTPProblem(404, NOT_FOUND) from None
-    found = await asyncio.to_thread(cluster.output_path, status)
+    found = await asyncio.to_thread(cluster.finished_output, status)
     if found is None:
         raise HTTPProblem(404, NOT_FOUND)
     ext = found.suffix.lstrip(".") if isinstance(found, Path) else found.ref.name.rsplit(".")[-1]

@@ -376,7 +376,7 @@ def test_distribution_overhead(benchmark: Any, bench_media: BenchMedia, tmp_path
             # cluster rounds so both see the same machine load.
             local_out.unlink(missing_ok=True)
             for old in runs:  # outputs are big; only the last round's is checked
-                path = client.output_path(old.status)
+                path = client.finished_output(old.status)
                 if path is not None:
                     path.unlink()
             cpu0 = Cpu.now()
@@ -403,7 +403,7 @@ def test_distribution_overhead(benchmark: Any, bench_media: BenchMedia, tmp_path
                            iterations=1)
         spans = task_spans([r.job_id for r in runs])
         cluster_prep = client.plan_sync(make_config(segments, job="bench-dist-check"))
-        cluster_out = client.output_path(runs[-1].status)
+        cluster_out = client.finished_output(runs[-1].status)
         logs = lc.logs
         ray_start_s = lc.start_s
 
@@ -567,7 +567,7 @@ def batch_benchmark(num_cpus: int, media: BenchMedia, work: Path,
         else:
             run = run_batch(client, cfgs, num_cpus)
         spans = task_spans([c["id"] for c in cfgs])
-        outputs = {j: client.output_path(s) for j, s in run.statuses.items()}
+        outputs = {j: client.finished_output(s) for j, s in run.statuses.items()}
         settings, logs, ray_start_s = client.settings, lc.logs, lc.start_s
     # Correct work: every output holds the planned frame count; the first is decoded.
     encode_frames = 0
