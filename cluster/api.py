@@ -28,7 +28,7 @@ from render.objectstore import ObjectInfo
 from .coordinator import COORDINATOR_NAME, STATUS_NAME, Coordinator
 from .errors import ClusterError, ClusterUnavailableError, JobNotFoundError
 from .jobs import JobState, JobStatus, PiecePlacement
-from .planning import plan_job
+from .planning import plan_job, prober
 from .settings import Settings
 from .status import ChangeBatch, StatusActor
 from .status_cache import Renderer, StatusCache
@@ -106,6 +106,7 @@ class CutfarmCluster:
         ).remote(settings)
         ray.get(coordinator.configure.remote(settings))
         ray.get(coordinator.start.remote())
+        prober(ns)  # started now, so the first preflight does not wait for its process
         return cls(settings, status, coordinator)
 
     # ------------------------------------------------------------------ async API

@@ -142,6 +142,31 @@ def probe_task(config: dict[str, Any], roots: list[str]) -> dict[int, SourceInfo
     Returns per source its info or the engine's error; sources on node-local volumes are
     found only by the task running on a node that holds them (see planning.py).
     """
+    return probe_here(config, roots)
+
+
+#: The name of the probe actor for shared roots (folders every node sees, buckets).
+PROBER_NAME = "cutfarm-prober"
+
+
+#: Probes one prober runs at a time (they wait on disk and network more than on the CPU).
+PROBER_CONCURRENCY = 4
+
+
+@ray.remote(num_cpus=0, memory=PROBE_MEMORY, max_restarts=-1, max_task_retries=0)
+class Prober:
+    """Probes the sources of preflights and jobs on shared roots, in a process that is
+    already up: a task needs an idle worker, and while exports run there often is none, so
+    a submit waited ~1-2 s for a worker to start (the load benchmark's submit p99).
+    Started with ``max_concurrency=PROBER_CONCURRENCY`` (planning.prober)."""
+
+    def probe(self, config: dict[str, Any], roots: list[str]
+              ) -> dict[int, SourceInfo | RenderError]:
+        return probe_here(config, roots)
+
+
+def probe_here(config: dict[str, Any], roots: list[str]) -> dict[int, SourceInfo | RenderError]:
+    """Each used source's info, or the engine's error for it, as seen from this node."""
     cfg = parse_config(config)
     out: dict[int, SourceInfo | RenderError] = {}
     for i in sorted({s.source_index for s in cfg.segments}):
