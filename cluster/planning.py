@@ -3,8 +3,9 @@
 Probing needs the files, so it runs near them: on shared roots (folders every node sees,
 buckets) in the prober actor, which stays up so a preflight never waits for a worker to
 start; on each node-local volume as one small task on a node that holds it. A source is
-found by the probe whose node has it. Planning itself is pure computation on the probed indexes and runs in the caller (the
-coordinator, or a replica for a preflight) off its event loop.
+found by the probe whose node has it. Planning itself is pure computation on the probed
+indexes and runs in the caller (the coordinator, or a replica for a preflight) off its
+event loop.
 """
 
 from __future__ import annotations

@@ -184,9 +184,9 @@ class Settings(BaseSettings):
     def _somewhere_to_export(self) -> Settings:
         if self.export_dir is None and not any(r.folder for r in self.media_roots):
             raise ValueError(
-                "CUTFARM_EXPORT_ROOT: every media root is in S3, so exports need a folder of "
-                "their own: set CUTFARM_EXPORT_ROOT (or --export-root) to a local or shared "
-                "folder (writing exports to S3 is not supported yet)")
+                "CUTFARM_EXPORT_ROOT: every media root is in S3, so exports need a place of "
+                "their own: set CUTFARM_EXPORT_ROOT (or --export-root) to a shared folder "
+                "or to s3://bucket/prefix")
         return self
 
     @field_validator("media_roots", mode="before")
