@@ -315,12 +315,12 @@ def _write(
         # muxing a small packet does.
         out_pts = plan.out_pts.tolist()
         durations = _frame_durations(plan, out_pts)
-        delay = plan.reorder_delay
+        decode_times = _decode_times(plan.reorder_delay, out_pts, durations)
         packets = video_packets(plan, sources, pieces, on_bytes=on_bytes,
                                 check_cancel=check_cancel)
         for i, vp in enumerate(packets):
             pts = out_pts[vp.out_disp]
-            dts = out_pts[i - delay] if i >= delay else _dts(plan, i)
+            dts = decode_times[i]
             if dts > pts:
                 raise OutputError(f"internal error: frame {vp.out_disp} decodes after it shows")
             if audio_out is not None:
@@ -417,23 +417,27 @@ def _frame_durations(plan: Plan, out_pts: list[int]) -> list[int]:
     return [end - start for start, end in zip(out_pts, ends, strict=True)]
 
 
-def _dts(plan: Plan, i: int) -> int:
-    """Uniform DTS: the i-th decoded sample gets the pts of display slot i - delay."""
-    k = i - plan.reorder_delay
-    if k >= 0:
-        return int(plan.out_pts[k])
-    return int(plan.out_pts[0]) + k * _lead_step(plan)
+def _decode_times(delay: int, out_pts: list[int], durations: list[int]) -> list[int]:
+    """Uniform DTS: the i-th decoded sample gets the pts of display slot i - delay; the
+    ``delay`` samples before the first pts are spaced by :func:`_lead_step`."""
+    n = len(out_pts)
+    if n == 0:
+        return []
+    step = _lead_step(delay, durations) if delay else 0
+    lead = [out_pts[0] + (i - delay) * step for i in range(min(delay, n))]
+    return lead + out_pts[:n - delay] if n > delay else lead
 
 
-def _lead_step(plan: Plan) -> int:
+def _lead_step(delay: int, durations: list[int]) -> int:
     """Spacing of the dts before the first pts: at least any of the last frames' durations.
 
     The track's decode span (last dts + its duration - first dts) must cover the shown
     span, or FFmpeg reports the track shorter than its last frame; with uneven durations
     (Matroska's millisecond grid) one frame's duration is not always enough.
     """
-    n, d = plan.frame_count, plan.reorder_delay
-    return max(plan.frame_duration(j) for j in {0, *range(max(0, n - 1 - d), n)})
+    n = len(durations)
+    step: int = max(durations[j] for j in {0, *range(max(0, n - 1 - delay), n)})
+    return step
 
 
 def _record_bound(plan: Plan, sources: Mapping[int, SourceInfo],
