@@ -135,7 +135,7 @@ class ConcatActor:
                             params=prep.params, on_bytes=lambda n: report.add(bytes_=n))
         if isinstance(out, StoredOutput):
             shutil.rmtree(work_root, ignore_errors=True)
-        report.flush()
+        report.finish()
         return size
 
     def ping(self) -> str:

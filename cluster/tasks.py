@@ -46,6 +46,8 @@ from .jobs import PiecePlacement
 Bytes = npt.NDArray[np.uint8]
 #: How often a task reports progress to the status actor (it answers every poll too).
 REPORT_INTERVAL = 1.0
+#: How long a finishing task waits for its last totals to reach the status actor.
+FINAL_REPORT_SECONDS = 10.0
 TASK_RETRIES = 3
 PROBE_MEMORY = 256 << 20
 
@@ -84,12 +86,28 @@ class _Reporter:
         if time.monotonic() - self.last >= REPORT_INTERVAL:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self) -> Any:
+        """Send the totals if they changed; the call's ref, or None."""
         totals = (self.bytes, self.frames, self.samples)
+        ref = None
         if self.status is not None and totals != self.sent:
-            self.status.report_work.remote(self.job_id, self.name, *totals)
+            ref = self.status.report_work.remote(self.job_id, self.name, *totals)
             self.sent = totals
         self.last = time.monotonic()
+        return ref
+
+    def finish(self) -> None:
+        """Send the last totals and wait for them to land.
+
+        Calls from different processes reach the status actor in no set order: without the
+        wait, the coordinator's "completed" (sent once this task returns) can overtake them,
+        and a terminal job takes no more work, so the job would end short of its totals.
+        A status actor that is down costs the wait, never the piece.
+        """
+        ref = self.flush()
+        if ref is not None:
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.get(ref, timeout=FINAL_REPORT_SECONDS)
 
 
 #: Nice value of media work (Ray's workers run at 15; 19 is the lowest priority).
@@ -195,14 +213,14 @@ def encode_task(prep: Prepared, index: int, job_id: str, status: Any,
         target = Path(work_dir) / f"piece-{index:05d}"
         at_batch_priority(lambda: encode_piece(piece, prep.plan, prep.sources, settings,
                                                target, on_frame=lambda: report.add(frames=1)))
-        report.flush()
+        report.finish()
         return PieceResult(index, None, _node(), str(target))
     with tempfile.TemporaryDirectory(prefix="cutfarm-piece-") as tmp:
         out = Path(tmp) / "piece"
         path = at_batch_priority(lambda: encode_piece(
             piece, prep.plan, prep.sources, settings, out, on_frame=lambda: report.add(frames=1)))
         data = np.fromfile(path, dtype=np.uint8)
-    report.flush()
+    report.finish()
     return PieceResult(index, data, _node())
 
 
@@ -226,5 +244,5 @@ def audio_task(prep: Prepared, job_id: str, status: Any) -> PieceResult:
             prep.plan.audio, prep.sources, target, out,
             on_samples=lambda n: report.add(samples=n)))
         data = np.fromfile(path, dtype=np.uint8)
-    report.flush()
+    report.finish()
     return PieceResult(-1, data, _node())

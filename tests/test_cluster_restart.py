@@ -95,7 +95,11 @@ def test_metrics_are_exported(media_root: Media, tmp_path: Path) -> None:
     try:
         client = connect((MediaRoot(tmp_path),))
         client.submit_sync(config("export-metrics", ["h264_a.mp4", "h264_b.mp4"], MULTICAM))
-        assert wait_terminal(client, "export-metrics").status == JobState.COMPLETED
+        done = wait_terminal(client, "export-metrics")
+        assert done.status == JobState.COMPLETED
+        # Every task's last totals land before the job completes (they used to race it).
+        assert done.bytes_done == done.bytes_total > 0, (done.bytes_done, done.bytes_total)
+        assert done.frames_done == done.frames_total > 0, (done.frames_done, done.frames_total)
         wanted = ("ray_cutfarm_jobs", "ray_cutfarm_frames_reencoded",
                   "ray_cutfarm_bytes_copied", "ray_cutfarm_job_duration_seconds",
                   "ray_cutfarm_queue_length")
