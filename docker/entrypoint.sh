@@ -3,10 +3,12 @@
 #
 #   head        Ray head (GCS :6379, dashboard :8265, metrics :8080), then the Serve app from
 #               $CUTFARM_SERVE_CONFIG (`serve deploy`); stays in the foreground until stopped.
-#   worker      Ray worker joining $RAY_HEAD_ADDRESS (default ray-head:6379), labelled with
-#               $CUTFARM_NODE_LABELS; stays in the foreground until stopped.
+#   worker      Ray worker joining $RAY_HEAD_ADDRESS (default ray-head:6379); stays in the
+#               foreground until stopped.
 #   deploy      Wait for the local dashboard, `serve deploy $CUTFARM_SERVE_CONFIG`, exit
 #               (ray-cluster.yaml runs it after its own `ray start --head`).
+#   serve-config  Print the Serve config that head/deploy deploy (see
+#               CUTFARM_SERVE_ENV_FROM_NODE below), exit.
 #   standalone  `cutfarm serve` with an embedded Ray in this one container (no workers).
 #   anything else runs as a command after the secrets below are loaded: `bash`, `ray status`,
 #   `cutfarm render ...`. The Ray cluster launcher starts its containers with `bash`.
@@ -19,8 +21,6 @@
 # AWS_SECRET_ACCESS_KEY, a set NAME_FILE makes NAME the content of that file.
 #
 # Node settings (roles that start Ray):
-#   CUTFARM_NODE_LABELS     Ray node labels "key=value,key2=value2", e.g.
-#                           cutfarm.io/media-cam-a=true for a node holding volume cam-a
 #   CUTFARM_NUM_CPUS        logical CPUs this node offers to Ray (default: detected)
 #   CUTFARM_OBJECT_STORE_BYTES  Ray object store size; keep it below /dev/shm's size, or
 #                           Ray falls back to a disk-backed store (default: Ray's 30% of RAM)
@@ -28,6 +28,12 @@
 #   CUTFARM_DASHBOARD_HOST  dashboard bind address on the head (default 0.0.0.0)
 #   CUTFARM_RAY_START_ARGS  extra `ray start` arguments, split on whitespace
 #   CUTFARM_STARTUP_TIMEOUT seconds to wait for the dashboard / the head (default 180)
+#
+# The Serve config's runtime_env.env_vars win over a node's environment for the Serve app.
+# CUTFARM_SERVE_ENV_FROM_NODE, a comma-separated list of non-secret CUTFARM_* names (compose:
+# CUTFARM_MEDIA_ROOTS,CUTFARM_EXPORT_ROOT), makes head/deploy write this node's values of
+# them into every application's env_vars and deploy that copy (/tmp/cutfarm-serve-config.yaml)
+# instead: one image-wide serve-config.yaml, per-deployment media roots.
 set -Eeuo pipefail
 
 log() { printf 'cutfarm-entrypoint: %s\n' "$*" >&2; }
@@ -39,6 +45,7 @@ STARTUP_TIMEOUT=${CUTFARM_STARTUP_TIMEOUT:-180}
 SERVE_CONFIG=${CUTFARM_SERVE_CONFIG:-/home/ray/serve-config.yaml}
 ROLE_FILE=${CUTFARM_ROLE_FILE:-/tmp/cutfarm-role}
 RAY_PID=""
+DEPLOY_CONFIG=""
 
 load_secret_files() {
     local name file
@@ -77,14 +84,25 @@ Give every node of the cluster the same token, e.g. RAY_AUTH_TOKEN=\$(openssl ra
 in docker/.env, or RAY_AUTH_TOKEN_PATH=/run/secrets/ray_auth_token."
 }
 
-# The first media root holds exports/; sources/ is where camera files go.
+# The first folder media root holds exports/ (unless CUTFARM_EXPORT_ROOT says otherwise);
+# sources/ is where camera files go. Roots and an export root in S3 need nothing here.
 prepare_media_root() {
-    local first=${CUTFARM_MEDIA_ROOTS:-/data/media}
-    first=${first%%,*}
-    first=${first%%=*}
-    [[ -n $first ]] || return 0
-    mkdir -p "$first/sources" "$first/exports" 2>/dev/null \
-        || log "warning: cannot create $first/sources and $first/exports (read-only or not owned by $(id -un))"
+    local item first="" export_root=${CUTFARM_EXPORT_ROOT:-}
+    local -a items dirs=()
+    IFS=, read -r -a items <<<"${CUTFARM_MEDIA_ROOTS:-/data/media}"
+    for item in "${items[@]}"; do
+        item=${item#"${item%%[![:space:]]*}"}
+        item=${item%"${item##*[![:space:]]}"}
+        if [[ -n $item && ${item:0:5} != [sS]3:// ]]; then
+            first=$item
+            break
+        fi
+    done
+    [[ -n $first ]] && dirs+=("$first/sources" "$first/exports")
+    [[ -n $export_root && ${export_root:0:5} != [sS]3:// ]] && dirs+=("$export_root")
+    ((${#dirs[@]})) || return 0
+    mkdir -p "${dirs[@]}" 2>/dev/null \
+        || log "warning: cannot create ${dirs[*]} (read-only or not owned by $(id -un))"
 }
 
 ray_node_args() {
@@ -96,7 +114,8 @@ ray_node_args() {
         NODE_ARGS+=("--object-store-memory=$CUTFARM_OBJECT_STORE_BYTES")
     fi
     if [[ -n ${CUTFARM_NODE_LABELS:-} ]]; then
-        NODE_ARGS+=("--labels=$CUTFARM_NODE_LABELS")
+        # Node-local media volumes (and so their labels) were removed: say so, once.
+        log "warning: CUTFARM_NODE_LABELS is no longer read (node-local media volumes were removed; every node must see the same media roots); put other ray start flags in CUTFARM_RAY_START_ARGS"
     fi
     if [[ -n ${CUTFARM_RAY_START_ARGS:-} ]]; then
         local -a extra
@@ -148,11 +167,46 @@ wait_for_dashboard() {
     done
 }
 
-deploy_serve() {
+# The Serve config to deploy, in DEPLOY_CONFIG: $SERVE_CONFIG itself, or a copy with the
+# node's values of the variables named in CUTFARM_SERVE_ENV_FROM_NODE in every application's
+# runtime_env.env_vars (secrets refused: the dashboard shows a runtime_env).
+effective_serve_config() {
     [[ -r $SERVE_CONFIG ]] || die "Serve config $SERVE_CONFIG not found"
+    DEPLOY_CONFIG=$SERVE_CONFIG
+    [[ -n ${CUTFARM_SERVE_ENV_FROM_NODE:-} ]] || return 0
+    DEPLOY_CONFIG=${CUTFARM_DEPLOY_CONFIG:-/tmp/cutfarm-serve-config.yaml}
+    python - "$SERVE_CONFIG" "$DEPLOY_CONFIG" <<'PY' || die "no Serve config written to $DEPLOY_CONFIG"
+import os
+import sys
+
+import yaml
+
+source, target = sys.argv[1:3]
+names = [n.strip() for n in os.environ["CUTFARM_SERVE_ENV_FROM_NODE"].split(",") if n.strip()]
+for name in names:
+    if (not name.startswith("CUTFARM_") or name.endswith("_FILE")
+            or name in ("CUTFARM_API_TOKEN", "CUTFARM_WEBHOOK_SECRET")):
+        sys.exit(f"cutfarm-entrypoint: error: CUTFARM_SERVE_ENV_FROM_NODE: {name} is not a "
+                 "non-secret CUTFARM_* setting (secrets stay in the node's environment)")
+    if not os.environ.get(name):
+        sys.exit(f"cutfarm-entrypoint: error: CUTFARM_SERVE_ENV_FROM_NODE names {name}, "
+                 "which this node does not set")
+with open(source, encoding="utf-8") as f:
+    config = yaml.safe_load(f)
+for app in config.get("applications") or []:
+    env = app.setdefault("runtime_env", {}).setdefault("env_vars", {})
+    env.update({name: os.environ[name] for name in names})
+with open(target, "w", encoding="utf-8") as f:
+    f.write(f"# {source} with this node's {', '.join(names)} (CUTFARM_SERVE_ENV_FROM_NODE)\n")
+    yaml.safe_dump(config, f, sort_keys=False)
+PY
+}
+
+deploy_serve() {
+    effective_serve_config
     wait_for_dashboard
-    log "deploying $SERVE_CONFIG"
-    serve deploy --address "http://127.0.0.1:$DASHBOARD_PORT" "$SERVE_CONFIG"
+    log "deploying $DEPLOY_CONFIG"
+    serve deploy --address "http://127.0.0.1:$DASHBOARD_PORT" "$DEPLOY_CONFIG"
 }
 
 stop_ray() {
@@ -216,6 +270,10 @@ main() {
         deploy)
             require_ray_token
             deploy_serve
+            ;;
+        serve-config)
+            effective_serve_config
+            cat "$DEPLOY_CONFIG"
             ;;
         standalone)
             prepare_media_root

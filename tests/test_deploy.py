@@ -355,8 +355,10 @@ def test_compose_ray_services(compose: dict[str, Any], serve_config: dict[str, A
         assert env["RAY_AUTH_MODE"] == "token", name
         assert env["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN:?"), "token must be required"
         assert env["CUTFARM_API_TOKEN"].startswith("${CUTFARM_API_TOKEN:?")
+        # The entry point deploys the node's own values of these (see test_compose_serve_app_...).
+        from_node = str(env.get("CUTFARM_SERVE_ENV_FROM_NODE", "")).split(",")
         for key, value in env.items():
-            if key in serve_env:
+            if key in serve_env and key not in from_node:
                 assert with_defaults(value) == serve_env[key], key
         Settings.from_env({k: str(with_defaults(v)) for k, v in env.items()})
     assert services["ray-head"]["command"] == ["head"]
@@ -377,8 +379,248 @@ def test_compose_object_store(compose: dict[str, Any]) -> None:
     assert init["depends_on"]["minio"]["condition"] == "service_healthy"
     assert "mc mb" in " ".join(init["command"])
     head_env = services["ray-head"]["environment"]
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "CUTFARM_S3_BUCKET"):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3"):
         assert key in head_env
+
+
+# -- MinIO as the compose cluster's media root ---------------------------------------------
+
+_COMPOSE_VAR = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
+#: A docker/.env with the required values only (the ${...:?} ones).
+DOTENV = {"RAY_AUTH_TOKEN": "ray-token-value", "CUTFARM_API_TOKEN": "api-token-value",
+          "CUTFARM_S3_ACCESS_KEY": "cutfarm-key", "CUTFARM_S3_SECRET_KEY": "s3-secret-value",
+          "MINIO_ROOT_USER": "admin", "MINIO_ROOT_PASSWORD": "root-password-value"}
+NODES = ("ray-head", "ray-worker")
+
+
+def interpolate(value: Any, dotenv: dict[str, str]) -> Any:
+    """Compose's interpolation of a value (${X}, ${X:-d}, ${X-d}, ${X:?m}, $X, $$)."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, dotenv) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, dotenv) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, op, arg, bare = m.groups()
+        given = dotenv.get(name or bare)
+        if (op == ":?" and not given) or (op == "?" and given is None):
+            raise AssertionError(f"compose would stop: {arg}")
+        if (op == ":-" and not given) or (op == "-" and given is None):
+            return str(arg)
+        return given or ""
+
+    return _COMPOSE_VAR.sub(sub, value)
+
+
+def node_env(compose: dict[str, Any], service: str, dotenv: dict[str, str]) -> dict[str, str]:
+    env = interpolate(compose["services"][service]["environment"], dotenv)
+    return {k: str(v) for k, v in env.items()}
+
+
+def created_buckets(compose: dict[str, Any], dotenv: dict[str, str]) -> list[str]:
+    """The buckets minio-init's script makes, its variables expanded as its shell would."""
+    init = compose["services"]["minio-init"]
+    env = {k: str(v) for k, v in interpolate(init["environment"], dotenv).items()}
+    script = "\n".join(interpolate(init["command"], dotenv))
+    script = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), ""), script)
+    made = re.findall(r"^\s*mc mb (.*)$", script, re.M)
+    for line in made:
+        assert "--ignore-existing" in line, "a second `up` must not fail on the bucket"
+    return [re.search(r"\blocal/([^\s\"'/]+)", line).group(1)  # type: ignore[union-attr]
+            for line in made]
+
+
+@pytest.mark.parametrize("bucket", [None, "studio-cams"])
+def test_compose_nodes_read_sources_from_the_bucket_minio_init_creates(
+        compose: dict[str, Any], bucket: str | None) -> None:
+    """Default or set in docker/.env, the bucket the nodes read is the one that is made."""
+    from render.objectstore import S3Location
+
+    dotenv = {**DOTENV, **({"CUTFARM_S3_BUCKET": bucket} if bucket else {})}
+    made = created_buckets(compose, dotenv)
+    assert len(made) == 1 and made[0] == (bucket or made[0]), made
+    for service in NODES:
+        settings = Settings.from_env(node_env(compose, service, dotenv))
+        first = settings.media_roots[0].path
+        assert isinstance(first, S3Location), f"{service}: the first media root is {first}"
+        assert first.bucket == made[0], service
+        assert first.prefix, "sources/ and the other objects should not share the bucket root"
+
+
+def test_compose_nodes_start_after_the_bucket_exists(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    init = services["minio-init"]
+    for service in NODES:
+        condition = services[service]["depends_on"]["minio-init"]["condition"]
+        assert condition == "service_completed_successfully", service
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert services["minio"]["healthcheck"]["test"]
+    assert init.get("restart", "no") == "no", "a one-shot"
+    # A failing mc command must fail the service (so that the nodes do not start).
+    shell, flags = init["entrypoint"][:2]
+    assert shell.endswith("sh") and re.fullmatch(r"-[a-z]*e[a-z]*", flags), init["entrypoint"]
+    for port in services["minio"]["ports"]:
+        assert with_defaults(port).startswith("127.0.0.1:"), port
+
+
+def test_compose_s3_configuration_reaches_boto3(compose: dict[str, Any],
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    """The nodes' AWS_* make boto3 talk to the minio service with minio-init's access key."""
+    import os
+    from urllib.parse import parse_qs, urlsplit
+
+    from render.objectstore import clear_clients, new_client
+
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    init_env = interpolate(compose["services"]["minio-init"]["environment"], DOTENV)
+    for service in NODES:
+        for key, value in node_env(compose, service, DOTENV).items():
+            if key.startswith("AWS_"):
+                monkeypatch.setenv(key, value)
+        clear_clients()
+        url = new_client().generate_presigned_url(
+            "get_object", Params={"Bucket": "b", "Key": "k"}, ExpiresIn=60)
+        parts = urlsplit(url)
+        assert parts.hostname in compose["services"], f"{service}: {parts.hostname}"
+        minio_ports = [str(p).rsplit(":", 1)[-1] for p in compose["services"]["minio"]["ports"]]
+        assert str(parts.port) in minio_ports, url
+        credential = parse_qs(parts.query)["X-Amz-Credential"][0]
+        assert credential.split("/")[0] == init_env["CUTFARM_S3_ACCESS_KEY"], service
+    clear_clients()
+
+
+def test_compose_exports_stay_on_the_shared_volume(compose: dict[str, Any]) -> None:
+    """A download from a bucket redirects to a URL signed for the nodes' endpoint, a compose
+    service name that a browser on the host cannot resolve: the exports stay in the media
+    volume, mounted on every node, and downloads stream through the API."""
+    endpoint = node_env(compose, "ray-head", DOTENV)["AWS_ENDPOINT_URL_S3"]
+    host = re.match(r"https?://([^:/]+)", endpoint)
+    assert host and host.group(1) in compose["services"], endpoint
+    for service in NODES:
+        export_root = Settings.from_env(node_env(compose, service, DOTENV)).export_root
+        assert isinstance(export_root, Path) and export_root.is_relative_to(MEDIA), service
+        assert any(str(v).endswith(f":{MEDIA}") for v in compose["services"][service]["volumes"])
+
+
+def test_compose_sets_no_variable_nothing_reads(compose: dict[str, Any]) -> None:
+    from botocore.configprovider import BOTOCORE_DEFAUT_SESSION_VARIABLES
+    from botocore.credentials import EnvProvider
+    from pydantic import AliasChoices
+
+    read_by_boto = {EnvProvider.ACCESS_KEY, EnvProvider.SECRET_KEY, *EnvProvider.TOKENS,
+                    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"}
+    for _, env_names, *_ in BOTOCORE_DEFAUT_SESSION_VARIABLES.values():
+        if env_names:
+            read_by_boto |= {env_names} if isinstance(env_names, str) else set(env_names)
+    settings = {c for f in Settings.model_fields.values()
+                if isinstance(f.validation_alias, AliasChoices)
+                for c in f.validation_alias.choices if isinstance(c, str)}
+    settings |= {f"{n}_FILE" for n in settings_module.SECRET_VARIABLES}
+    entrypoint = (DOCKER / "entrypoint.sh").read_text(encoding="utf-8")
+    for service in NODES:
+        for key in compose["services"][service]["environment"]:
+            if key.startswith("AWS_"):
+                assert key in read_by_boto, f"{service}: boto3 does not read {key}"
+            else:
+                assert key in settings or re.search(rf"\b{key}\b", entrypoint), \
+                    f"{service}: neither cutfarm's settings nor the entry point read {key}"
+
+
+def entrypoint_serve_config(env: dict[str, str],
+                            tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    run_env = {**env, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+               "HOME": str(tmp_path), "CUTFARM_SERVE_CONFIG": str(DOCKER / "serve-config.yaml"),
+               "CUTFARM_DEPLOY_CONFIG": str(tmp_path / "deploy.yaml")}
+    return subprocess.run(["bash", str(DOCKER / "entrypoint.sh"), "serve-config"], env=run_env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_compose_serve_app_gets_the_nodes_media_roots(compose: dict[str, Any],
+                                                      serve_config: dict[str, Any],
+                                                      tmp_path: Path) -> None:
+    """serve-config.yaml (shared with AWS and KubeRay) says /data/media and its runtime_env
+    wins for the Serve app: the head deploys it with the node's own values instead."""
+    env = node_env(compose, "ray-head", DOTENV)
+    names = env["CUTFARM_SERVE_ENV_FROM_NODE"].split(",")
+    serve_env = serve_config["applications"][0]["runtime_env"]["env_vars"]
+    differing = {k for k in serve_env if k in env and env[k] != serve_env[k]}
+    assert "CUTFARM_MEDIA_ROOTS" in differing and differing <= set(names)
+    done = entrypoint_serve_config(env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    for secret in DOTENV.values():
+        assert secret not in done.stdout
+    deployed = yaml.safe_load(done.stdout)
+    check_serve_config(deployed)
+    app_env = dict(deployed["applications"][0]["runtime_env"]["env_vars"])
+    assert {n: app_env[n] for n in names} == {n: env[n] for n in names}
+    # What the Serve app sees (runtime_env over the node's env) is what the node sees.
+    app = Settings.from_env({**env, **app_env})
+    node = Settings.from_env(env)
+    assert (app.media_roots, app.export_root) == (node.media_roots, node.export_root)
+    # Apart from those, the deployed config is serve-config.yaml.
+    original = copy.deepcopy(serve_config)
+    for doc in (deployed, original):
+        for name in names:
+            doc["applications"][0]["runtime_env"]["env_vars"].pop(name, None)
+    assert deployed == original
+    # Without the variable (ray-cluster.yaml, a plain image) the config goes out as it is.
+    env.pop("CUTFARM_SERVE_ENV_FROM_NODE")
+    plain = entrypoint_serve_config(env, tmp_path)
+    assert plain.returncode == 0 and yaml.safe_load(plain.stdout) == serve_config
+
+
+@pytest.mark.parametrize("names", ["CUTFARM_API_TOKEN", "CUTFARM_WEBHOOK_SECRET_FILE",
+                                   "AWS_SECRET_ACCESS_KEY", "CUTFARM_EXPORT_ROOT"])
+def test_entrypoint_copies_no_secret_or_unset_variable_into_the_serve_config(
+        names: str, tmp_path: Path) -> None:
+    secret_file = tmp_path / "webhook"
+    secret_file.write_text("webhook-secret-value", encoding="utf-8")
+    env = {"CUTFARM_API_TOKEN": "api-token-value", "AWS_SECRET_ACCESS_KEY": "aws-secret-value",
+           "CUTFARM_WEBHOOK_SECRET_FILE": str(secret_file),
+           "CUTFARM_SERVE_ENV_FROM_NODE": f"CUTFARM_MEDIA_ROOTS,{names}",
+           "CUTFARM_MEDIA_ROOTS": "s3://cutfarm/media"}
+    done = entrypoint_serve_config(env, tmp_path)
+    assert done.returncode == 64, done.stderr
+    assert names in done.stderr
+    for secret in ("api-token-value", "aws-secret-value", "webhook-secret-value"):
+        assert secret not in done.stdout + done.stderr
+    assert not (tmp_path / "deploy.yaml").exists()
+
+
+def test_s3_demo_uploads_where_the_cluster_looks(aws_env: None, tmp_path: Path) -> None:
+    """`cutfarm-s3-demo --upload-only`: its config's names resolve to the uploaded objects."""
+    import json
+    import os
+
+    from render.objectstore import S3Location, find_source, s3_client
+
+    s3_client().create_bucket(Bucket="demo-cams")
+    script = [sys.executable, str(DOCKER / "s3_demo.py"), "--upload-only"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "CUTFARM_MEDIA_ROOTS": f"s3://demo-cams/media,{tmp_path}",
+           "CUTFARM_EXPORT_ROOT": str(tmp_path / "exports")}
+    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    config = json.loads(done.stdout)
+    assert config["sources"]
+    for source in config["sources"]:
+        found = find_source(source["filePath"], [S3Location("demo-cams", "media")])
+        assert found.ref.key == f"media/sources/{source['filePath']}" and found.size > 0
+    assert not (tmp_path / "sources").exists(), "the cameras belong in the bucket"
+    # No bucket among the media roots: a message, before any camera is made.
+    env["CUTFARM_MEDIA_ROOTS"] = str(tmp_path)
+    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "s3://" in done.stderr, done.stderr
 
 
 def test_no_ray_auth_disabled_anywhere() -> None:
