@@ -1,9 +1,9 @@
 """The concat actor: assembles one job's output from its pieces, in order, as they arrive.
 
 It waits for piece k only when the muxer reaches piece k, so assembly overlaps with the
-re-encodes still running; copied GOPs on volumes it can read are read straight from the
-source files. The output is written beside its final path and renamed into place by the
-engine's muxer, so a reader never sees a half-written file.
+re-encodes still running; copied GOPs are read straight from the source files (every media
+root is a folder every node sees, or a bucket). The output is written beside its final path
+and renamed into place by the engine's muxer, so a reader never sees a half-written file.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import ray
 
 from render.engine import Prepared
 from render.errors import OutputError
+from render.handoff import handoff_path
 from render.mux import StoredOutput, assemble
 from render.objectstore import ObjectRef, S3Location, is_s3_url
 
@@ -26,7 +27,8 @@ from .tasks import PieceResult, _placement, _Reporter
 
 
 class _RefPieces:
-    """PieceSource over Ray object refs; waits for each piece when the muxer reaches it.
+    """PieceSource over the encode tasks' object refs; waits for each re-encoded piece when
+    the muxer reaches it (copy pieces have no ref: the muxer reads them from the source).
 
     Encoded pieces arrive as files on the shared work dir, or as bytes that this actor
     writes to its own scratch folder. Its own copies are deleted as soon as the muxer has
@@ -36,9 +38,11 @@ class _RefPieces:
     reserves room for them.
     """
 
-    def __init__(self, refs: list[Any], work: Path) -> None:
+    def __init__(self, refs: list[Any], work: Path, handoffs: dict[int, tuple[int, int]]
+                 ) -> None:
         self.refs = refs
         self.work = work
+        self.handoffs = handoffs
         self.files: dict[int, Path] = {}
         self.scratch: set[int] = set()
 
@@ -64,12 +68,25 @@ class _RefPieces:
             self.files[index] = path
         return path
 
-    def copied(self, index: int) -> bytes | None:
-        if self.refs[index] is None:
+    def copied(self, index: int) -> tuple[Path, int] | None:
+        """Copy piece ``index`` as its encode piece handed it on (render/handoff.py); the
+        muxer checks the file is whole, and reads the source when it is not."""
+        if index not in self.handoffs:
             return None
-        data = self._fetch(index).data
-        assert data is not None
-        return data.tobytes()
+        j, first = self.handoffs[index]
+        path = self.files.get(index)
+        if path is None:
+            result = self._fetch(j)
+            if result.path is not None:
+                path = handoff_path(Path(result.path), index)
+            elif index in result.copies:
+                path = self.work / f"copy-{index:05d}"
+                result.copies[index].tofile(path)
+                self.scratch.add(index)
+            if path is None:
+                return None
+            self.files[index] = path
+        return path, first
 
     def release(self, index: int) -> None:
         path = self.files.pop(index, None)
@@ -130,7 +147,8 @@ class ConcatActor:
                 assert result.data is not None
                 result.data.tofile(apath)
                 audio = (apath, prep.audio)
-            size = assemble(prep.plan, prep.sources, _RefPieces(list(refs), work), audio, out,
+            pieces = _RefPieces(list(refs), work, prep.handoffs)
+            size = assemble(prep.plan, prep.sources, pieces, audio, out,
                             container_format=prep.container_format, timecode=prep.timecode,
                             params=prep.params, on_bytes=lambda n: report.add(bytes_=n))
         if isinstance(out, StoredOutput):

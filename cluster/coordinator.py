@@ -1,10 +1,11 @@
 """The coordinator: one named, detached actor that queues, admits, runs and cancels jobs.
 
 It owns every job's Ray work (never an HTTP replica, whose tasks die with it). A job runs as
-an asyncio task inside this async actor: plan (a task), fan out the pieces (tasks placed
-near their data), start a concat actor that consumes the pieces in order, await it. The
-coordinator keeps only references in memory; the status actor and the job files are the
-truth, so a restarted coordinator re-queues every job that was pending or processing.
+an asyncio task inside this async actor: plan (a task), fan out the pieces (tasks Ray places
+on any node by resources: every media root is shared or a bucket), start a concat actor
+that consumes the pieces in order, await it. The coordinator keeps only references in
+memory; the status actor and the job files are the truth, so a restarted coordinator
+re-queues every job that was pending or processing.
 """
 
 from __future__ import annotations
@@ -30,18 +31,10 @@ from .errors import AdmissionError
 from .jobs import JobState, JobStatus
 from .metrics import Metrics
 from .planning import plan_job
-from .scheduling import (
-    AUDIO_MEMORY,
-    CONCAT_MEMORY,
-    audio_volume,
-    concat_volume,
-    live_volumes,
-    piece_tasks,
-    placement,
-)
+from .scheduling import AUDIO_MEMORY, CONCAT_MEMORY, piece_tasks
 from .settings import Settings
 from .store import open_store
-from .tasks import audio_task, copy_task, encode_task
+from .tasks import audio_task, encode_task
 from .webhooks import RESUME_WINDOW_SECONDS, notify_finished
 
 log = logging.getLogger("cutfarm.coordinator")
@@ -403,7 +396,7 @@ class Coordinator:
         self._admit(run, prep, free)
         work: str | None = None
         work_path = self.store.work_dir(job_id)
-        if work_path is not None and s.export_volume is None:
+        if work_path is not None:
             # Exports are on a shared folder: pieces go there as files.
             await asyncio.to_thread(work_path.mkdir, parents=True, exist_ok=True)
             work = str(work_path)
@@ -416,27 +409,17 @@ class Coordinator:
             "samples_total": int(plan.duration * prep.audio.sample_rate) if prep.audio else 0,
             "pixels_per_frame": fmt.width * fmt.height,
             "message": progress_message(plan, set())})
-        refs: list[Any] = [None] * len(plan.pieces)
+        refs: list[Any] = [None] * len(plan.pieces)  # None: a copy piece the concat reads
         encode_refs: dict[int, Any] = {}
-        where = await asyncio.to_thread(live_volumes)
-        for t in piece_tasks(prep, s, job_id):
-            options = {"name": t.name, "num_cpus": t.num_cpus, "memory": t.memory,
-                       **placement(t.volume, where, t.index)}
-            if t.kind == "encode":
-                ref = encode_task.options(**options).remote(prep_ref, t.index, job_id,
-                                                            self.status, work)
-            else:
-                ref = copy_task.options(**options).remote(prep_ref, t.index, job_id,
-                                                          self.status)
-            refs[t.index] = ref
+        for t in piece_tasks(prep, job_id):
+            ref = encode_task.options(name=t.name, num_cpus=t.num_cpus, memory=t.memory).remote(
+                prep_ref, t.index, job_id, self.status, work)
+            refs[t.index] = encode_refs[t.index] = ref
             run.refs.append(ref)
-            if t.kind == "encode":
-                encode_refs[t.index] = ref
         audio_ref = None
         if prep.audio is not None:
-            audio_ref = audio_task.options(
-                name=f"{job_id}:audio", memory=AUDIO_MEMORY,
-                **placement(audio_volume(prep, s), where)).remote(prep_ref, job_id, self.status)
+            audio_ref = audio_task.options(name=f"{job_id}:audio", memory=AUDIO_MEMORY).remote(
+                prep_ref, job_id, self.status)
             run.refs.append(audio_ref)
         messages = asyncio.create_task(self._report_pieces(job_id, plan, encode_refs))
         try:
@@ -452,7 +435,7 @@ class Coordinator:
 
         Runs on the event loop, which owns ``running``: check and reservation happen with
         no await between them, so two jobs cannot both pass on the same free space.
-        Re-encoded pieces wait on the export volume until the concat actor consumes them,
+        Re-encoded pieces wait in the export root until the concat actor consumes them,
         which in the worst case (every piece done first) doubles their share.
         """
         need = estimate_output_bytes(prep) + estimate_encoded_bytes(prep)
@@ -470,10 +453,9 @@ class Coordinator:
         job_id = run.job_id
         out = self.store.output_target(job_id, prep.container_format)
         for attempt in range(1, CONCAT_ATTEMPTS + 1):
-            where = await asyncio.to_thread(live_volumes)
             run.concat = ConcatActor.options(  # type: ignore[attr-defined]
                 name=f"cutfarm-concat-{job_id}", namespace=self.settings.namespace,
-                memory=CONCAT_MEMORY, **placement(concat_volume(prep, self.settings), where),
+                memory=CONCAT_MEMORY,
             ).remote()
             try:
                 size: int = await run.concat.assemble.remote(

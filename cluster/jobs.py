@@ -42,7 +42,7 @@ class PiecePlacement(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     index: int
-    kind: str  # "encode", "copy", "audio", "concat"
+    kind: str  # "encode", "audio", "concat"
     node_id: str
     attempt: int = 1
 

@@ -9,13 +9,19 @@ Secrets (``CUTFARM_API_TOKEN``, ``CUTFARM_WEBHOOK_SECRET``) are ``SecretStr``: t
 show in a repr, a log line or an error. Each may instead be given as ``NAME_FILE``, the
 path of a file holding it (Docker and Kubernetes secrets are mounted as files).
 
-Media roots: ``CUTFARM_MEDIA_ROOTS`` is a comma-separated list of ``PATH``, ``PATH=VOLUME``
-or ``s3://bucket/prefix``. A folder without a volume is shared (every node sees it at the
-same path); a folder with a volume lives on the nodes labelled
-``cutfarm.io/media-VOLUME=true``, and work that reads it prefers those nodes; a bucket is
-read by byte ranges from any node (render/objectstore), with boto3's standard endpoint and
-credentials. A source name is looked up in each root's ``sources/`` in order. Exports go
-to ``CUTFARM_EXPORT_ROOT``, by default ``exports/`` in the first folder root.
+Media roots: ``CUTFARM_MEDIA_ROOTS`` is a comma-separated list of ``PATH`` or
+``s3://bucket/prefix``. A folder is shared: every node sees it at the same path (NFS, EFS, a
+ReadWriteMany volume, or one machine), because every piece, the audio, the concat actor's
+stream template, status and downloads may read it from any node. A bucket is read by byte
+ranges from any node (render/objectstore), with boto3's standard endpoint and credentials.
+A source name is looked up in each root's ``sources/`` in order. Exports go to
+``CUTFARM_EXPORT_ROOT``, by default ``exports/`` in the first folder root.
+
+Node-local volumes (``PATH=NAME``, read on the nodes labelled ``cutfarm.io/media-NAME``)
+were removed. An item holding ``=`` is refused with a message saying so, whatever follows
+the ``=``: the old form must fail loudly rather than become a folder nobody has, and the
+answer must not depend on what the parsing node's disk holds. A folder whose path contains
+``=`` can still be given through a symlink.
 """
 
 from __future__ import annotations
@@ -59,9 +65,6 @@ DEFAULT_MAX_PIECE_FRAMES = 900
 DEFAULT_MAX_PIECE_BYTES = 256 << 20
 DEFAULT_RETENTION_HOURS = 72.0
 DEFAULT_PRESET = "fast"
-#: Labels a node carries for each media volume it holds (see module docstring).
-VOLUME_LABEL_PREFIX = "cutfarm.io/media-"
-_VOLUME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$")
 #: Settings that may be given as ``NAME_FILE`` (a path) instead of ``NAME``.
 SECRET_VARIABLES = ("CUTFARM_API_TOKEN", "CUTFARM_WEBHOOK_SECRET")
 
@@ -74,16 +77,11 @@ class SettingsError(ValueError):
 class MediaRoot:
     #: A folder, or a bucket and prefix (sources only: S3 is shared by every node).
     path: Path | S3Location
-    volume: str | None = None  # None: shared, visible on every node
 
     @property
     def folder(self) -> Path | None:
         """The root's folder; None for a root in S3."""
         return self.path if isinstance(self.path, Path) else None
-
-    @property
-    def label(self) -> str | None:
-        return f"{VOLUME_LABEL_PREFIX}{self.volume}" if self.volume else None
 
 
 def _env(name: str, *fallbacks: str) -> Any:
@@ -219,11 +217,6 @@ class Settings(BaseSettings):
         return self._first_folder.path / "exports"  # type: ignore[operator]
 
     @property
-    def export_volume(self) -> str | None:
-        """The volume the export root is on (None: shared)."""
-        return None if self.export_dir is not None else self._first_folder.volume
-
-    @property
     def _first_folder(self) -> MediaRoot:
         return next(r for r in self.media_roots if r.folder is not None)
 
@@ -239,14 +232,6 @@ class Settings(BaseSettings):
     @property
     def webhook_key(self) -> str | None:
         return self.webhook_secret.get_secret_value() if self.webhook_secret else None
-
-    def volume_of(self, path: Path) -> str | None:
-        """The volume a source path lives on (None: shared)."""
-        real = path.resolve()
-        for root in self.media_roots:
-            if root.folder is not None and real.is_relative_to(root.folder.resolve()):
-                return root.volume
-        return None
 
     def with_changes(self, **changes: Any) -> Settings:
         """These settings with ``changes`` (validated); SettingsError names the one at
@@ -287,8 +272,7 @@ def _describe(exc: ValidationError) -> str:
 def to_env(settings: Settings) -> dict[str, str]:
     """The environment that makes ``Settings.from_env()`` return ``settings`` (for workers)."""
     env = {
-        "CUTFARM_MEDIA_ROOTS": ",".join(
-            f"{r.path}={r.volume}" if r.volume else str(r.path) for r in settings.media_roots),
+        "CUTFARM_MEDIA_ROOTS": ",".join(str(r.path) for r in settings.media_roots),
         "CUTFARM_HOST": settings.host,
         "CUTFARM_PORT": str(settings.port),
         "CUTFARM_CORS_ORIGINS": ",".join(settings.cors_origins),
@@ -316,36 +300,37 @@ def to_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def parse_media_roots(text: str) -> tuple[MediaRoot, ...]:
+def parse_media_roots(text: str, setting: str = "CUTFARM_MEDIA_ROOTS"
+                      ) -> tuple[MediaRoot, ...]:
+    """The roots in ``text``; errors name ``setting`` (the variable, or a CLI flag)."""
     roots: list[MediaRoot] = []
     for item in (t.strip() for t in text.split(",")):
         if not item:
             continue
+        if "=" in item:
+            raise SettingsError(_no_volumes(setting, item))
         if is_s3_url(item):
-            roots.append(_bucket_root(item))
+            try:
+                roots.append(MediaRoot(S3Location.parse(item)))
+            except InvalidLocationError as exc:
+                raise SettingsError(f"{setting}: {exc}") from None
             continue
-        path, _, volume = item.partition("=")
-        if volume and not _VOLUME_RE.match(volume):
-            raise SettingsError(
-                f"CUTFARM_MEDIA_ROOTS: volume name {volume!r} must be lowercase letters, digits "
-                "and '-'"
-            )
-        roots.append(MediaRoot(Path(path).expanduser().absolute(), volume or None))
+        roots.append(MediaRoot(Path(item).expanduser().absolute()))
     if not roots:
-        raise SettingsError("CUTFARM_MEDIA_ROOTS names no folder")
+        raise SettingsError(f"{setting} names no folder")
     return tuple(roots)
 
 
-def _bucket_root(item: str) -> MediaRoot:
-    url, _, volume = item.partition("=")
-    if volume:
-        raise SettingsError(
-            f"CUTFARM_MEDIA_ROOTS: {url} is in S3, which every node reads alike; it takes "
-            f"no volume (remove '={volume}')")
-    try:
-        return MediaRoot(S3Location.parse(url))
-    except InvalidLocationError as exc:
-        raise SettingsError(f"CUTFARM_MEDIA_ROOTS: {exc}") from None
+def _no_volumes(setting: str, item: str) -> str:
+    """The refusal of ``PATH=NAME``, the removed node-local volume form (module docstring)."""
+    if is_s3_url(item):
+        url, _, name = item.partition("=")
+        return (f"{setting}: {url} is in S3, which every node reads alike, and node-local "
+                f"volumes (PATH=NAME) are no longer supported: remove '={name}'")
+    return (f"{setting}: {item!r} has the form PATH=NAME of a node-local volume; node-local "
+            "volumes are no longer supported: use a folder every node sees at the same path "
+            "(NFS, EFS, a ReadWriteMany volume, or one machine) or an s3://bucket/prefix "
+            "(a folder whose path contains '=' can be given through a symlink)")
 
 
 @lru_cache(maxsize=1)

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,8 +36,8 @@ from render.config import parse_config
 from render.encode import encode_piece, with_threads
 from render.engine import Prepared, probe_source
 from render.errors import RenderError
+from render.handoff import handed_on, handoff_path
 from render.media import SourceInfo
-from render.mux import read_copy_piece
 from render.paths import media_location
 from render.plan import EncodePiece
 
@@ -60,6 +60,9 @@ class PieceResult:
     data: Bytes | None
     node_id: str
     path: str | None = None
+    #: Copy pieces this piece hands on (render/handoff.py): files beside ``path`` on the
+    #: work dir, or their bytes here.
+    copies: dict[int, Bytes] = field(default_factory=dict)
 
 
 class _Reporter:
@@ -155,15 +158,14 @@ def _placement(status: Any, job_id: str, index: int, kind: str) -> None:
 # a flood of preflights from starting unbounded workers; OOM kills are retried once only.
 @ray.remote(num_cpus=0, memory=PROBE_MEMORY, max_retries=1, retry_exceptions=False)
 def probe_task(config: dict[str, Any], roots: list[str]) -> dict[int, SourceInfo | RenderError]:
-    """Resolve and probe every used source that exists on this node.
+    """Resolve and probe every used source (when the prober actor is gone, see planning.py).
 
-    Returns per source its info or the engine's error; sources on node-local volumes are
-    found only by the task running on a node that holds them (see planning.py).
+    Returns per source its info or the engine's error.
     """
     return probe_here(config, roots)
 
 
-#: The name of the probe actor for shared roots (folders every node sees, buckets).
+#: The name of the probe actor (every root is a folder every node sees, or a bucket).
 PROBER_NAME = "cutfarm-prober"
 
 
@@ -173,10 +175,10 @@ PROBER_CONCURRENCY = 4
 
 @ray.remote(num_cpus=0, memory=PROBE_MEMORY, max_restarts=-1, max_task_retries=0)
 class Prober:
-    """Probes the sources of preflights and jobs on shared roots, in a process that is
-    already up: a task needs an idle worker, and while exports run there often is none, so
-    a submit waited ~1-2 s for a worker to start (the load benchmark's submit p99).
-    Started with ``max_concurrency=PROBER_CONCURRENCY`` (planning.prober)."""
+    """Probes the sources of preflights and jobs, in a process that is already up: a task
+    needs an idle worker, and while exports run there often is none, so a submit waited
+    ~1-2 s for a worker to start (the load benchmark's submit p99). Started with
+    ``max_concurrency=PROBER_CONCURRENCY`` (planning.prober)."""
 
     def probe(self, config: dict[str, Any], roots: list[str]
               ) -> dict[int, SourceInfo | RenderError]:
@@ -184,7 +186,7 @@ class Prober:
 
 
 def probe_here(config: dict[str, Any], roots: list[str]) -> dict[int, SourceInfo | RenderError]:
-    """Each used source's info, or the engine's error for it, as seen from this node."""
+    """Each used source's info, or the engine's error for it."""
     cfg = parse_config(config)
     out: dict[int, SourceInfo | RenderError] = {}
     for i in sorted({s.source_index for s in cfg.segments}):
@@ -209,27 +211,23 @@ def encode_task(prep: Prepared, index: int, job_id: str, status: Any,
     cpus = ray.get_runtime_context().get_assigned_resources().get(  # type: ignore[no-untyped-call]
         "CPU", 1.0)
     settings = with_threads(prep.settings[index], max(1, round(cpus)))
+    hand_on = handed_on(prep.plan, prep.sources, prep.handoffs, index)
     if work_dir is not None:
         target = Path(work_dir) / f"piece-{index:05d}"
         at_batch_priority(lambda: encode_piece(piece, prep.plan, prep.sources, settings,
-                                               target, on_frame=lambda: report.add(frames=1)))
+                                               target, on_frame=lambda: report.add(frames=1),
+                                               hand_on=hand_on))
         report.finish()
         return PieceResult(index, None, _node(), str(target))
     with tempfile.TemporaryDirectory(prefix="cutfarm-piece-") as tmp:
         out = Path(tmp) / "piece"
         path = at_batch_priority(lambda: encode_piece(
-            piece, prep.plan, prep.sources, settings, out, on_frame=lambda: report.add(frames=1)))
+            piece, prep.plan, prep.sources, settings, out, on_frame=lambda: report.add(frames=1),
+            hand_on=hand_on))
         data = np.fromfile(path, dtype=np.uint8)
+        copies = {i: np.fromfile(handoff_path(out, i), dtype=np.uint8) for i in hand_on}
     report.finish()
-    return PieceResult(index, data, _node())
-
-
-@ray.remote(max_retries=TASK_RETRIES, retry_exceptions=False)
-def copy_task(prep: Prepared, index: int, job_id: str, status: Any) -> PieceResult:
-    """Read a copy piece's samples on a node that holds its source, to ship them."""
-    _placement(status, job_id, index, "copy")
-    data = np.frombuffer(read_copy_piece(prep.plan, prep.sources, index), dtype=np.uint8)
-    return PieceResult(index, data, _node())
+    return PieceResult(index, data, _node(), copies=copies)
 
 
 @ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
 import numpy as np
@@ -28,7 +28,6 @@ from .errors import CorruptMediaError, OutputError
 from .media import SourceInfo
 from .piecefile import PieceHeader, PieceWriter
 from .plan import AudioSpan
-from .sourcefile import StoredFile
 
 FloatBlock = npt.NDArray[np.float32]
 
@@ -139,6 +138,7 @@ def render_audio(
     header = PieceHeader(target.codec, bytes(ctx.extradata or b""),
                          Fraction(1, target.sample_rate), 0, 0)
     writer = PieceWriter(out_path, header)
+    inputs = _Inputs()
     try:
         feeder = _EncoderFeeder(ctx, writer, target)
         for k, span in enumerate(spans):
@@ -147,7 +147,7 @@ def render_audio(
             first, stop = span_samples(span, target.sample_rate)
             fade_in = k == 0 or not _continuous(spans[k - 1], span)
             fade_out = k == len(spans) - 1 or not _continuous(span, spans[k + 1])
-            blocks = _span_blocks(span, stop - first, sources, target)
+            blocks = _span_blocks(span, stop - first, sources, target, inputs)
             for block in _faded(blocks, stop - first, target.sample_rate, fade_in, fade_out):
                 feeder.push(block)
                 if on_samples is not None:
@@ -160,7 +160,33 @@ def render_audio(
     except BaseException:
         writer.abort()
         raise
+    finally:
+        inputs.close()
     return out_path
+
+
+class _Inputs:
+    """One demuxer input per source, reopened for each of its spans: from a bucket, what
+    the reader fetched (the moov, the audio around the last cut) is not fetched again."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, str | BinaryIO] = {}
+
+    def get(self, key: int, src: SourceInfo) -> str | BinaryIO:
+        stream = self._open.get(key)
+        if stream is None:
+            # Only the audio is demuxed: a stored source need not fetch the video samples.
+            stream = self._open[key] = src.file.demux_input(
+                (src.video.offset, src.video.index.size))
+        elif not isinstance(stream, str):
+            stream.seek(0)
+        return stream
+
+    def close(self) -> None:
+        for stream in self._open.values():
+            if not isinstance(stream, str):
+                stream.close()
+        self._open.clear()
 
 
 def _continuous(a: AudioSpan, b: AudioSpan) -> bool:
@@ -188,13 +214,14 @@ def _faded(
 
 
 def _span_blocks(
-    span: AudioSpan, n: int, sources: Mapping[int, SourceInfo], target: AudioTarget
+    span: AudioSpan, n: int, sources: Mapping[int, SourceInfo], target: AudioTarget,
+    inputs: _Inputs,
 ) -> Iterator[FloatBlock]:
     src = sources.get(span.source) if span.source is not None else None
-    if src is None or src.audio is None:
+    if span.source is None or src is None or src.audio is None:
         yield from _silence(n, target.channels)
         return
-    yield from _decode_span(src, span.src_start, n, target)
+    yield from _decode_span(src, span.src_start, n, target, inputs.get(span.source, src))
 
 
 def _silence(n: int, channels: int) -> Iterator[FloatBlock]:
@@ -204,8 +231,8 @@ def _silence(n: int, channels: int) -> Iterator[FloatBlock]:
         n -= k
 
 
-def _decode_span(src: SourceInfo, start: Fraction, n: int, target: AudioTarget) -> Iterator[
-        FloatBlock]:
+def _decode_span(src: SourceInfo, start: Fraction, n: int, target: AudioTarget,
+                 stream: str | BinaryIO) -> Iterator[FloatBlock]:
     """Exactly ``n`` samples of the source's audio from ``start`` (the file's clock)."""
     assert src.audio is not None
     rate = target.sample_rate
@@ -213,12 +240,7 @@ def _decode_span(src: SourceInfo, start: Fraction, n: int, target: AudioTarget) 
     stream_origin = src.audio.start  # container time of sample 0
     produced = 0
     try:
-        # Only the audio is demuxed: a stored source need not fetch the video samples.
-        skip = (src.video.offset, src.video.index.size)
-        # From a bucket: the codec parameters are the moov's, and with the video masked
-        # FFmpeg would read megabytes of packets looking for its pixel format.
-        options = {"probesize": "32"} if isinstance(src.file, StoredFile) else {}
-        with _open_audio(src, skip, options) as container:
+        with _open_audio(src, stream, src.file.demux_options) as container:
             ast = container.streams.audio[0]
             tb = Fraction(ast.time_base) if ast.time_base is not None else Fraction(1, rate)
             seek_to = stream_origin + Fraction(want, rate) - PREROLL_SECONDS
@@ -252,8 +274,8 @@ def _decode_span(src: SourceInfo, start: Fraction, n: int, target: AudioTarget) 
         yield from _silence(n - produced, target.channels)
 
 
-def _open_audio(src: SourceInfo, skip: tuple[npt.ArrayLike, npt.ArrayLike],
-                options: dict[str, str]) -> av.container.InputContainer:
+def _open_audio(src: SourceInfo, stream: str | BinaryIO, options: dict[str, str]
+                ) -> av.container.InputContainer:
     """The source opened for demuxing its audio alone.
 
     FFmpeg's probe on opening would decode a video frame (a 4K I-frame costs up to 0.2 s),
@@ -269,7 +291,7 @@ def _open_audio(src: SourceInfo, skip: tuple[npt.ArrayLike, npt.ArrayLike],
         probe[src.video.stream_index] = {"skip_frame": "all"}
     # PyAV's stub types stream_options as list[str]; it takes one dict per stream.
     container: av.container.InputContainer = av.open(
-        src.file.demux_input(skip), "r", metadata_errors="ignore", options=options,
+        stream, "r", metadata_errors="ignore", options=options,
         stream_options=probe)  # type: ignore[call-overload]
     if "mov" in src.container.split(","):
         audio_index = container.streams.audio[0].index

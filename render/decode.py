@@ -8,7 +8,7 @@ that might land elsewhere, and every decoded frame maps back to its display inde
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
 import av
@@ -43,8 +43,11 @@ def open_decoder(src: SourceInfo, record: bytes | None = None) -> av.VideoCodecC
     return ctx
 
 
-def decode_run(src: SourceInfo, run: EncodeRun) -> Iterator[tuple[int, av.VideoFrame]]:
-    """Yield (position in ``run.src_disp``, frame) for every requested frame, in order.
+def decode_run(src: SourceInfo, run: EncodeRun, *,
+               tee: Callable[[int, bytes], None] | None = None,
+               ) -> Iterator[tuple[int, av.VideoFrame]]:
+    """Yield (position in ``run.src_disp``, frame) for every requested frame, in order;
+    ``tee`` sees each sample read (decode number, bytes) before the decoder does.
 
     A frame requested several times (frame-rate conversion) is yielded once per request.
     Raises CorruptMediaError when a requested frame never comes out of the decoder.
@@ -58,6 +61,8 @@ def decode_run(src: SourceInfo, run: EncodeRun) -> Iterator[tuple[int, av.VideoF
         with contextlib.closing(source_samples(src, range(run.decode_from, run.decode_to))
                                 ) as samples:
             for dec, data in zip(range(run.decode_from, run.decode_to), samples, strict=True):
+                if tee is not None:
+                    tee(dec, data)
                 packet = av.Packet(data)
                 record = src.video.record_of(dec)
                 if record != current:  # the source switches parameter sets here

@@ -21,15 +21,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
+import numpy as np
+import numpy.typing as npt
 
 from .decode import decode_run
 from .errors import OutputError
+from .handoff import handoff_path
 from .media import SourceInfo, VideoFormat
 from .piecefile import PieceHeader, PieceWriter
-from .plan import ENCODER_MAX_BFRAMES, EncodePiece, Plan
+from .plan import ENCODER_MAX_BFRAMES, CopyPiece, EncodePiece, EncodeRun, Plan
 
 ENCODERS = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9"}
 _PROFILES = {
@@ -198,17 +201,23 @@ def encode_piece(
     *,
     on_frame: Callable[[], None] | None = None,
     check_cancel: Callable[[], None] | None = None,
+    hand_on: Mapping[int, npt.NDArray[np.int64]] | None = None,
 ) -> Path:
-    """Decode the piece's source frames, encode them, write a piece file at ``out_path``."""
+    """Decode the piece's source frames, encode them, write a piece file at ``out_path``.
+
+    ``hand_on``: copy piece index -> its samples, which this piece reads while decoding and
+    writes to ``handoff_path(out_path, index)`` as they pass (render/handoff.py).
+    """
     tb = plan.out_time_base
     ctx = open_encoder(settings, tb, piece.frames)
     sink = _PacketSink(settings, out_path, tb)
+    handed = _HandOn(plan, hand_on or {}, out_path)
     try:
         out_disp = piece.out_first
         for run in piece.runs:
             src = sources[run.source]
             fit = _Fitter(src.video.format, settings)
-            for _, frame in decode_run(src, run):
+            for _, frame in decode_run(src, run, tee=handed.tee(run)):
                 if check_cancel is not None:
                     check_cancel()
                 pts = int(plan.out_pts[out_disp])
@@ -226,10 +235,53 @@ def encode_piece(
                 f"re-encoding produced {sink.count} frames where {piece.frames} were planned"
             )
         sink.close()
+        handed.close()
     except BaseException:
         sink.abort()
+        handed.abort()
         raise
     return out_path
+
+
+class _HandOn:
+    """The files of the copy pieces an encode piece hands on, filled as samples pass."""
+
+    def __init__(self, plan: Plan, samples: Mapping[int, npt.NDArray[np.int64]],
+                 out_path: Path) -> None:
+        self.plan = plan
+        self.samples = samples
+        self.paths = {i: handoff_path(out_path, i) for i in samples}
+        self.files: dict[int, BinaryIO] = {}
+
+    def tee(self, run: EncodeRun) -> Callable[[int, bytes], None] | None:
+        targets: dict[int, BinaryIO] = {}
+        for i, decs in self.samples.items():
+            copy = self.plan.pieces[i]
+            assert isinstance(copy, CopyPiece)
+            if copy.source != run.source:
+                continue
+            if i not in self.files:
+                self.files[i] = self.paths[i].open("wb")
+            for d in decs.tolist():
+                if run.decode_from <= d < run.decode_to:
+                    targets[d] = self.files[i]
+        if not targets:
+            return None
+
+        def tee(dec: int, data: bytes) -> None:
+            fh = targets.get(dec)
+            if fh is not None:
+                fh.write(data)
+        return tee
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
+
+    def abort(self) -> None:
+        self.close()
+        for path in self.paths.values():
+            path.unlink(missing_ok=True)
 
 
 class _PacketSink:

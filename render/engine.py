@@ -31,6 +31,7 @@ from .encode import (
     with_threads,
 )
 from .errors import CancelledError, ConfigError, RenderError
+from .handoff import handed_on, handoff_path, handoffs
 from .media import SourceInfo, VideoFormat
 from .mux import LocalPieces, StoredOutput, assemble
 from .paths import MediaLocation, locate_source
@@ -69,6 +70,9 @@ class Prepared:
     #: How the video track carries its parameter sets (render/bitstream.py); None: VP9,
     #: or planned by the muxer from the encoded pieces.
     params: TrackParams | None = None
+    #: Copy piece -> (the encode piece that hands its samples on, the first one it hands
+    #: on), see render/handoff.py.
+    handoffs: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -221,7 +225,7 @@ def prepare_with(config: ExportConfig, sources: dict[int, SourceInfo], *,
     if audio is not None:
         warnings += layout_warnings(audio, sources, used)
     return Prepared(config, sources, plan, settings, audio, container_format, tuple(warnings),
-                    _start_timecode(plan, sources), params)
+                    _start_timecode(plan, sources), params, handoffs(plan, sources))
 
 
 def _parameter_sets(plan: Plan, sources: Mapping[int, SourceInfo],
@@ -331,7 +335,9 @@ def execute(
             audio = (apath, prep.audio)
         check_cancel()
         tracker.stage("assembling", "Writing the output file")
-        assemble(plan, prep.sources, LocalPieces(encoded), audio, out_path,
+        copies = {i: (handoff_path(encoded[j], i), first)
+                  for i, (j, first) in prep.handoffs.items()}
+        assemble(plan, prep.sources, LocalPieces(encoded, copies), audio, out_path,
                  container_format=prep.container_format, timecode=prep.timecode,
                  params=prep.params, on_bytes=lambda n: tracker.add(bytes_=n),
                  check_cancel=check_cancel)
@@ -360,7 +366,8 @@ def _encode_all(prep: Prepared, tmp: Path, tracker: _Tracker, check_cancel: Call
     def one(i: int, piece: EncodePiece) -> Path:
         s = with_threads(prep.settings[i], threads)
         return encode_piece(piece, plan, prep.sources, s, tmp / f"piece-{i:05d}.piece",
-                            on_frame=lambda: tracker.add(frames=1), check_cancel=check)
+                            on_frame=lambda: tracker.add(frames=1), check_cancel=check,
+                            hand_on=handed_on(plan, prep.sources, prep.handoffs, i))
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cutfarm-encode") as pool:
         futures: list[tuple[int, Future[Path]]] = [(i, pool.submit(one, i, p)) for i, p in jobs]

@@ -19,14 +19,15 @@ import contextlib
 import errno
 import io
 import logging
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
 
 import av
 import numpy as np
+import numpy.typing as npt
 
 from .audio import AudioTarget
 from .bitstream import (
@@ -74,15 +75,17 @@ def estimate_moov(plan: Plan, audio_packets: int, records: int, record_bytes: in
 
 
 class PieceSource(Protocol):
-    """Where the muxer gets pieces; it asks in output order and may block until ready."""
+    """Where the muxer gets re-encoded pieces; it asks in output order and may block until
+    ready. Copied samples it reads from the source files itself."""
 
     def encoded(self, index: int) -> Path:
         """The piece file of encode piece ``index``."""
         ...
 
-    def copied(self, index: int) -> bytes | None:
-        """The samples of copy piece ``index`` if they were read elsewhere, else None (the
-        muxer then reads them from the source file itself)."""
+    def copied(self, index: int) -> tuple[Path, int] | None:
+        """A file of copy piece ``index``'s samples from the given one (a decode number) on,
+        handed on by the encode piece that read them (render/handoff.py), or None: read
+        them all from the source."""
         ...
 
     def release(self, index: int) -> None:
@@ -92,28 +95,42 @@ class PieceSource(Protocol):
 
 @dataclass(frozen=True)
 class LocalPieces:
-    """Pieces made in this process: encoded ones on disk, copies read by the muxer."""
+    """Pieces made in this process: encoded ones on disk, copies read by the muxer (or
+    handed on in ``copies``)."""
 
     files: Mapping[int, Path]
+    copies: Mapping[int, tuple[Path, int]] = field(default_factory=dict)
 
     def encoded(self, index: int) -> Path:
         return self.files[index]
 
-    def copied(self, index: int) -> bytes | None:
-        return None
+    def copied(self, index: int) -> tuple[Path, int] | None:
+        return self.copies.get(index)
 
     def release(self, index: int) -> None:
         """Kept: the engine's work folder goes as a whole, and a faststart rewrite needs
         the pieces again."""
 
 
-def read_copy_piece(plan: Plan, sources: Mapping[int, SourceInfo], index: int) -> bytes:
-    """The samples of copy piece ``index``, concatenated in decode order (for shipping)."""
-    piece = plan.pieces[index]
-    assert isinstance(piece, CopyPiece)
-    src = sources[piece.source]
-    with contextlib.closing(source_samples(src, piece.samples(src.video.index))) as samples:
-        return b"".join(samples)
+def _copy_samples(src: SourceInfo, decs: npt.NDArray[np.int64],
+                  shipped: tuple[Path, int] | None) -> Generator[bytes, None, None]:
+    """The bytes of samples ``decs`` (ascending), those from ``shipped[1]`` on from the
+    handed-on file ``shipped[0]`` when it is there and whole: a piece killed while writing
+    it, or a file gone, costs a read from the source, never a wrong sample."""
+    handed = np.zeros(len(decs), dtype=bool) if shipped is None else decs >= shipped[1]
+    sizes = src.video.index.size[decs[handed]]
+    try:
+        whole = shipped is not None and shipped[0].stat().st_size == int(sizes.sum())
+    except OSError:
+        whole = False
+    if not whole:
+        yield from source_samples(src, decs)
+        return
+    assert shipped is not None
+    yield from source_samples(src, decs[~handed])
+    with shipped[0].open("rb", buffering=1 << 20) as fh:
+        for size in sizes.tolist():
+            yield fh.read(size)
 
 
 def video_packets(
@@ -132,10 +149,7 @@ def video_packets(
             src = sources[piece.source]
             index = src.video.index
             decs = piece.samples(index)
-            shipped = pieces.copied(i)
-            with contextlib.closing(
-                    _split(shipped, index.size[decs]) if shipped is not None
-                    else source_samples(src, decs)) as samples:
+            with contextlib.closing(_copy_samples(src, decs, pieces.copied(i))) as samples:
                 fmt = SampleFormat(src.video.format.codec, src.video.nal_length_size)
                 for n, (dec, data) in enumerate(zip(decs, samples, strict=True)):
                     d = int(dec)
@@ -145,17 +159,10 @@ def video_packets(
                                       bool(index.rap[d]), src.video.record_of(d), fmt, i)
                     if check_cancel is not None and n % 256 == 255:
                         check_cancel()
+            pieces.release(i)
         else:
             yield from _encoded_packets(plan, piece, pieces.encoded(i), i)
             pieces.release(i)
-
-
-def _split(data: bytes, sizes: Iterable[int]) -> Generator[bytes, None, None]:
-    """Samples back out of a shipped copy piece (their bytes concatenated)."""
-    pos = 0
-    for size in sizes:
-        yield data[pos:pos + int(size)]
-        pos += int(size)
 
 
 def _encoded_packets(plan: Plan, piece: EncodePiece, path: Path,
@@ -513,7 +520,8 @@ def _video_stream(
         assert template_src is not None
         # A camera's record heads the track, so its length size frames every packet.
         record = planned or template_src.video.record_of(0)
-        inp = av.open(template_src.file.demux_input(), "r", metadata_errors="ignore")
+        inp = av.open(template_src.file.demux_input(), "r", metadata_errors="ignore",
+                      options=template_src.file.demux_options)
     else:
         # No copied GOP to take a record from: every piece is ours, the first heads it.
         record = planned or read_header(pieces.encoded(0)).extradata

@@ -14,8 +14,11 @@ Times stay on the file's own presentation clock (see render/plan.py).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
+from collections.abc import Generator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +26,7 @@ from typing import BinaryIO
 
 import av
 import numpy as np
+import numpy.typing as npt
 
 from . import bitstream, mkvindex, mp4index, nal
 from .errors import (
@@ -32,7 +36,7 @@ from .errors import (
     UnsupportedMediaError,
 )
 from .media import AudioTrackInfo, FrameIndex, SourceInfo, VideoFormat, VideoTrackInfo
-from .sourcefile import LocalFile, SourceFile, StoredFile
+from .sourcefile import LocalFile, SourceFile, StoredFile, read_samples
 
 #: Codecs whose random-access points we can verify from NAL headers.
 NAL_CODECS = frozenset({"h264", "hevc"})
@@ -50,13 +54,13 @@ def probe(source: Path | SourceFile) -> SourceInfo:
         raise NotAVideoError(f"source file {file.name!r} is empty")
     stream = file.demux_input()
     try:
-        try:
-            container = av.open(stream, "r", metadata_errors="ignore")
-        except av.error.InvalidDataError as exc:
-            raise _open_error(file) from exc
-        except av.error.FFmpegError as exc:
-            raise CorruptMediaError(f"source file {file.name!r} cannot be opened: {exc}") \
-                from exc
+        container = _open(file, stream, file.demux_options)
+        if file.demux_options and _pixel_format_unknown(container):
+            # A short probe that met no video packet (audio first): probe in full.
+            container.close()
+            if not isinstance(stream, str):
+                stream.seek(0)
+            container = _open(file, stream, {})
         try:
             return _probe_open(file, container)
         finally:
@@ -64,6 +68,20 @@ def probe(source: Path | SourceFile) -> SourceInfo:
     finally:
         if not isinstance(stream, str):
             stream.close()
+
+
+def _open(file: SourceFile, stream: str | BinaryIO, options: dict[str, str]
+          ) -> av.container.InputContainer:
+    try:
+        return av.open(stream, "r", metadata_errors="ignore", options=options)
+    except av.error.InvalidDataError as exc:
+        raise _open_error(file) from exc
+    except av.error.FFmpegError as exc:
+        raise CorruptMediaError(f"source file {file.name!r} cannot be opened: {exc}") from exc
+
+
+def _pixel_format_unknown(container: av.container.InputContainer) -> bool:
+    return any(s.codec_context.format is None for s in container.streams.video)
 
 
 def _local(path: Path) -> LocalFile:
@@ -284,9 +302,11 @@ def _random_access_points(
     start = np.zeros_like(sync)
     inband: dict[int, tuple[bytes, ...]] = {}
     shared: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}  # cameras repeat the same sets
-    with file.open() as fh:
-        for i in np.flatnonzero(sync):
-            nals = _sample_nals(fh, int(track.offset[i]), int(track.size[i]), length_size, codec)
+    keys = np.flatnonzero(sync)
+    with file.open() as fh, contextlib.closing(_sample_heads(file, track, keys)) as heads:
+        for i, head in zip(keys, heads, strict=True):
+            view = _Prefixed(fh, int(track.offset[i]), head)
+            nals = _sample_nals(view, int(track.offset[i]), int(track.size[i]), length_size, codec)
             types = [t for t, _ in nals]
             rap[i] = _is_rap(codec, types)
             start[i] = rap[i] or (codec == "h264" and _is_recovery_point(nals))
@@ -294,6 +314,55 @@ def _random_access_points(
             if rap[i] and units:
                 inband[int(i)] = shared.setdefault(units, units)
     return _Access(rap, start, inband)
+
+
+#: Bytes of each sync sample fetched up front when the file is in a bucket: what comes
+#: before the first slice (delimiter, parameter sets, SEI) fits in it on every camera seen.
+_HEAD_BYTES = 4096
+#: ... with this many GETs in flight (one per sync sample: they lie a GOP apart).
+_HEAD_GETS_IN_FLIGHT = 16
+
+
+def _sample_heads(file: SourceFile, track: mp4index.TrackTable, keys: npt.NDArray[np.intp]
+                  ) -> Generator[bytes, None, None]:
+    """The first ``_HEAD_BYTES`` of each sample in ``keys`` from a bucket, several GETs at
+    once; nothing from a disk (its page cache serves the scan's small reads as they come)."""
+    if not isinstance(file, StoredFile):
+        for _ in keys:
+            yield b""
+        return
+    spans = ((int(track.offset[i]), min(int(track.size[i]), _HEAD_BYTES)) for i in keys)
+    yield from read_samples(file, spans, in_flight=_HEAD_GETS_IN_FLIGHT, stats=file.stats)
+
+
+class _Prefixed(io.RawIOBase, BinaryIO):
+    """A file whose bytes from ``offset`` on start with ``head`` (already fetched): reads
+    inside it cost nothing, others go to ``fh``. Without it, each sync sample's few hundred
+    bytes would cost a 64 KiB page of a ranged reader, one GET after another."""
+
+    def __init__(self, fh: BinaryIO, offset: int, head: bytes) -> None:
+        super().__init__()
+        self._fh, self._offset, self._head, self._pos = fh, offset, head, 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET, /) -> int:
+        if whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("only absolute seeks")
+        self._pos = pos
+        return pos
+
+    def read(self, n: int | None = -1, /) -> bytes:
+        assert n is not None and n >= 0
+        lo = self._pos - self._offset
+        if lo >= 0 and lo + n <= len(self._head):
+            data = self._head[lo:lo + n]
+        else:
+            self._fh.seek(self._pos)
+            data = self._fh.read(n)
+        self._pos += len(data)
+        return data
 
 
 #: Bytes read of a non-SEI NAL unit: its header and the first fields of a slice header.

@@ -50,6 +50,11 @@ class LocalFile:
     def open(self) -> BinaryIO:
         return self.path.open("rb")
 
+    @property
+    def demux_options(self) -> dict[str, str]:
+        """FFmpeg's options for opening it (its defaults)."""
+        return {}
+
     def demux_input(self, skip: tuple[npt.ArrayLike, npt.ArrayLike] | None = None) -> str:
         """What ``av.open`` gets: FFmpeg reads a local path itself, faster than through
         Python (``skip`` matters only for a stored file)."""
@@ -90,6 +95,12 @@ class StoredFile:
         # Counters are per process (and hold a lock): a worker starts its own.
         return StoredFile, (self.info,)
 
+    @property
+    def demux_options(self) -> dict[str, str]:
+        """FFmpeg's options for opening it: probe no further than the first packets (the
+        codec parameters are the moov's; FFmpeg would read 5 MB of media by default)."""
+        return {"probesize": "32"}
+
     def demux_input(self, skip: tuple[npt.ArrayLike, npt.ArrayLike] | None = None
                     ) -> BinaryIO:
         """A file for FFmpeg; ``skip``: (offsets, sizes) of samples it will not read (the
@@ -107,15 +118,18 @@ def as_source_file(source: SourceFile | Path | str) -> SourceFile:
     return LocalFile.at(source)
 
 
-def read_samples(file: SourceFile, spans: Iterable[tuple[int, int]]
-                 ) -> Generator[bytes, None, None]:
-    """The bytes of each ``(offset, size)`` of ``file``, in order.
+def read_samples(file: SourceFile, spans: Iterable[tuple[int, int]], *, in_flight: int = 4,
+                 stats: ReadStats | None = None) -> Generator[bytes, None, None]:
+    """The bytes of each ``(offset, size)`` of ``file``, in order; from a bucket, with up
+    to ``in_flight`` GETs under way, counted in ``stats`` (the file's ``sample_stats``
+    unless given).
 
     Raises CorruptMediaError when the file ends inside a span (a truncated recording).
     """
     if isinstance(file, StoredFile):
         wanted = list(spans)
-        fetched = read_ranges(file.info, wanted, stats=file.sample_stats)
+        fetched = read_ranges(file.info, wanted, read_ahead=in_flight - 1,
+                              stats=file.sample_stats if stats is None else stats)
         for (offset, size), data in zip(wanted, fetched, strict=True):
             if len(data) != size:
                 raise _truncated(file, offset)
@@ -135,20 +149,21 @@ def _truncated(file: SourceFile, offset: int) -> CorruptMediaError:
         f"source file {file.name!r} is truncated: a sample at byte {offset} is incomplete")
 
 
-#: A masked reader fetches the bytes it may need in batches covering up to this much of the
-#: file: 64 KiB after a seek (opening a file, a segment's start), doubling while the demuxer
-#: reads on.
-MASK_BATCH_SPAN = 16 << 20
-MASK_FIRST_SPAN = 64 << 10
-#: ... and keeps up to this many of the bytes it fetched (a demuxer seeks back a little at
-#: every segment).
+#: A masked reader fetches the unmasked spans it may need in batches: the next 4 spans
+#: after a seek (opening a file, a segment's start), doubling up to 64 while the demuxer
+#: reads on, and never more than MASK_BATCH_BYTES in one batch. Counted in spans, not in
+#: bytes of the file, so that a batch asks for a few audio chunks whether the video between
+#: them is 2 KB or 2 MB a frame, and what it fetches past a segment's end stays small.
+MASK_FIRST_SPANS = 4
+MASK_BATCH_SPANS = 64
+MASK_BATCH_BYTES = 4 << 20
+#: ... keeps up to this many of the bytes it fetched (a demuxer seeks back a little at
+#: every segment) ...
 MASK_KEPT_BYTES = 32 << 20
-#: Wanted spans closer than this are fetched in one GET, masked bytes between included.
-#: Further apart they are fetched apart, however small: in a finely interleaved 4K file
-#: (a few KB of audio after every 700 KB frame) that is a GET per frame of audio, sent
-#: eight at a time, instead of fetching the video twice.
-MASK_MERGE_GAP = 32 << 10
-MASK_IN_FLIGHT = 8
+#: ... and fetches each span apart, however small, with this many GETs under way: merging
+#: two audio chunks would fetch the video frame between them, and in a finely interleaved
+#: file (a few hundred bytes of audio after every frame) that is the video all over again.
+MASK_IN_FLIGHT = 16
 
 
 class MaskedReader(io.RawIOBase, BinaryIO):
@@ -169,7 +184,7 @@ class MaskedReader(io.RawIOBase, BinaryIO):
         self._file = file
         self._pos = 0
         self._have: list[tuple[int, bytes]] = []  # fetched (offset, bytes), oldest first
-        self._span = MASK_FIRST_SPAN
+        self._batch = MASK_FIRST_SPANS
         self._reached = -1  # end of the last batch
 
     @property
@@ -215,37 +230,34 @@ class MaskedReader(io.RawIOBase, BinaryIO):
         self._fetch_from(lo, hi)
         return self._bytes(lo, hi)
 
-    def _gaps(self, lo: int, limit: int) -> list[tuple[int, int]]:
-        """The unmasked spans from ``lo`` up to ``limit``, as (offset, size)."""
+    def _gaps(self, lo: int, count: int, budget: int) -> list[tuple[int, int]]:
+        """Up to ``count`` unmasked spans from ``lo`` on, as (offset, size), cut off once
+        they hold ``budget`` bytes."""
         out: list[tuple[int, int]] = []
         pos = lo
         i = int(np.searchsorted(self._ends, pos, side="right"))
-        while pos < limit:
+        size = self._file.size
+        while pos < size and len(out) < count and budget > 0:
             if i < len(self._starts) and self._starts[i] <= pos:
                 pos = int(self._ends[i])
                 i += 1
                 continue
-            stop = min(limit, int(self._starts[i]) if i < len(self._starts) else limit)
-            if stop > pos:
-                out.append((pos, stop - pos))
+            stop = min(size, int(self._starts[i]) if i < len(self._starts) else size,
+                       pos + budget)
+            out.append((pos, stop - pos))
+            budget -= stop - pos
             pos = stop
         return out
 
     def _fetch_from(self, lo: int, hi: int) -> None:
-        self._span = min(2 * self._span, MASK_BATCH_SPAN) if lo >= self._reached and \
-            lo - self._reached < self._span else MASK_FIRST_SPAN
-        limit = min(self._file.size, max(hi, lo + self._span))
-        self._reached = limit
-        gaps = self._gaps(lo, limit)
-        spans: list[list[int]] = []
-        for o, s in gaps:
-            if spans and o - spans[-1][1] <= MASK_MERGE_GAP:
-                spans[-1][1] = o + s
-            else:
-                spans.append([o, o + s])
-        ranges = [(a, b - a) for a, b in spans]
+        # Reading on from the last batch (only masked bytes skipped between) doubles the
+        # batch; anything else is a seek.
+        onwards = lo >= self._reached >= 0 and not self._gaps(self._reached, 1, lo - self._reached)
+        self._batch = min(2 * self._batch, MASK_BATCH_SPANS) if onwards else MASK_FIRST_SPANS
+        ranges = self._gaps(lo, self._batch, max(MASK_BATCH_BYTES, hi - lo))
+        self._reached = ranges[-1][0] + ranges[-1][1]
         fetched = read_ranges(self._file.info, ranges, stats=self._file.stats,
-                              max_gap=0, waste_ratio=0.0, read_ahead=MASK_IN_FLIGHT)
+                              max_gap=0, waste_ratio=0.0, read_ahead=MASK_IN_FLIGHT - 1)
         self._have += [(a, bytes(data)) for (a, _), data in zip(ranges, fetched, strict=True)]
         kept = 0
         for k in range(len(self._have) - 1, -1, -1):

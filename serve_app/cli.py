@@ -46,7 +46,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     base = Settings.from_env()
     changes: dict[str, Any] = {}
     if args.media_root:
-        changes["media_roots"] = parse_media_roots(",".join(args.media_root))
+        changes["media_roots"] = parse_media_roots(",".join(args.media_root),
+                                                  "--media-root")
     if getattr(args, "export_root", None):
         changes["export_dir"] = args.export_root  # a folder or s3://bucket/prefix
     if args.host:
@@ -172,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     def server_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--media-root", action="append",
                        help="media folder (holds sources/ and exports/); repeatable, "
-                            "PATH, PATH=VOLUME or s3://bucket/prefix; default "
-                            "CUTFARM_MEDIA_ROOTS or ./data")
+                            "a folder every node sees at the same path, or s3://bucket/prefix; "
+                            "default CUTFARM_MEDIA_ROOTS or ./data")
         p.add_argument("--export-root",
                        help="folder or s3://bucket/prefix for jobs and outputs (default "
                             "CUTFARM_EXPORT_ROOT, else exports/ in the first folder media root)")

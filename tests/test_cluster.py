@@ -1,9 +1,9 @@
 """The cluster on a real multi-node Ray (ray.cluster_utils.Cluster) on this machine.
 
-Two worker nodes carry media-volume labels; the sources of some tests live on those
-"volumes" so the tests can assert, from what the tasks themselves reported, where each
-piece ran. Every test uses its own namespace, so its coordinator and status actors (and
-settings) are its own.
+A head and two worker nodes of one CPU each, all reading the same media folders (as every
+node of a real cluster sees the same shared root): the tests can assert, from what the
+tasks themselves reported, that one job's pieces ran on several nodes. Every test uses its
+own namespace, so its coordinator and status actors (and settings) are its own.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from cluster.errors import JobConflictError, JobNotFoundError
 from cluster.jobs import JobState
 from cluster.settings import MediaRoot
 from render.errors import CorruptMediaError, SourceNotFoundError
+from render.plan import EncodePiece
 from tests import mediagen as mg
 from tests.cluster_support import (
     config,
@@ -37,8 +38,6 @@ from tests.cluster_support import (
 )
 from tests.conftest import MediaRoot as Media
 
-LABEL_A = "cutfarm.io/media-disk-a"
-LABEL_B = "cutfarm.io/media-disk-b"
 MULTICAM = [(0, 0.4, 2.5), (1, 2.5, 4.1), (0, 4.1, 5.55)]
 
 
@@ -53,8 +52,8 @@ class Nodes:
 def nodes() -> Iterator[Nodes]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    a = c.add_node(num_cpus=1, labels={LABEL_A: "true"})
-    b = c.add_node(num_cpus=1, labels={LABEL_B: "true"})
+    a = c.add_node(num_cpus=1)
+    b = c.add_node(num_cpus=1)
     ray.init(address=c.address)
     c.wait_for_nodes()
     try:
@@ -74,58 +73,55 @@ def planned_cuts(client: object, cfg: dict[str, object]) -> list[tuple[int, int,
     return [(c.source, c.first, c.stop) for c in prep.plan.cuts]
 
 
-def test_job_runs_pieces_on_the_nodes_holding_their_sources(nodes: Nodes, media_root: Media,
-                                                             tmp_path: Path) -> None:
+def test_a_job_on_a_shared_root_spreads_its_pieces_over_the_nodes(
+        nodes: Nodes, media_root: Media, tmp_path: Path) -> None:
+    """One job's re-encodes run on several nodes, all reading one shared root; the concat
+    actor reads the copied GOPs from the same root itself (no copy tasks)."""
     shared = tmp_path / "shared"
-    disk_a, disk_b = tmp_path / "disk-a", tmp_path / "disk-b"
-    link_sources(media_root.root, disk_a, ["h264_a.mp4"])
-    link_sources(media_root.root, disk_b, ["h264_b.mp4"])
-    roots = (MediaRoot(shared), MediaRoot(disk_a, "disk-a"), MediaRoot(disk_b, "disk-b"))
-    client = connect(roots)
+    link_sources(media_root.root, shared, ["h264_a.mp4", "h264_b.mp4"])
+    client = connect((MediaRoot(shared),))
     try:
         files = ["h264_a.mp4", "h264_b.mp4"]
-        cfg = config("export-local", files, MULTICAM)
+        cfg = config("export-spread", files, MULTICAM)
         status = client.submit_sync(cfg)
         assert status.status == JobState.PENDING
-        done = wait_terminal(client, "export-local")
+        done = wait_terminal(client, "export-spread")
         assert done.status == JobState.COMPLETED, done.error
-        assert done.download_url == "/api/export/export-local/download"
-        pieces = client.pieces_sync("export-local")
+        assert done.download_url == "/api/export/export-spread/download"
+        prep = client.plan_sync(cfg)
+        assert prep.plan.copy_bytes > 0
+        pieces = client.pieces_sync("export-spread")
         by_kind: dict[str, set[str]] = {}
         for p in pieces:
             by_kind.setdefault(p.kind, set()).add(p.node_id)
-        prep = client.plan_sync(cfg)
-        src_of = {i: (p.runs[0].source if hasattr(p, "runs") else p.source)
-                  for i, p in enumerate(prep.plan.pieces)}
-        want = {0: nodes.a, 1: nodes.b}
-        for p in pieces:
-            if p.kind in ("encode", "copy"):
-                assert p.node_id == want[src_of[p.index]], (p, src_of[p.index])
-        # The concat actor sits with the most copied bytes; the other volume's copies were
-        # shipped by copy tasks on their own node.
-        assert "copy" in by_kind
-        out = shared / "exports" / "export-local" / "output.mp4"
+        assert set(by_kind) == {"encode", "audio", "concat"}, pieces
+        encoded = {p.index for p in pieces if p.kind == "encode"}
+        assert encoded == {i for i, piece in enumerate(prep.plan.pieces)
+                           if isinstance(piece, EncodePiece)}
+        assert by_kind["encode"] <= {nodes.head, nodes.a, nodes.b}
+        assert len(by_kind["encode"]) >= 2, f"every re-encode ran on one node: {pieces}"
+        out = shared / "exports" / "export-spread" / "output.mp4"
         cuts = [(c.source, c.first, c.stop) for c in prep.plan.cuts]
         decoded = mg.decode_video(out)
         assert decoded.errors == 0
         assert decoded.stamps == expected(media_root, files, cuts)
         on_disk = json.loads((out.parent / "status.json").read_text())
         assert {k: on_disk[k] for k in ("jobId", "status", "progress", "downloadUrl")} == {
-            "jobId": "export-local", "status": "completed", "progress": 1.0,
-            "downloadUrl": "/api/export/export-local/download"}
+            "jobId": "export-spread", "status": "completed", "progress": 1.0,
+            "downloadUrl": "/api/export/export-spread/download"}
         assert sorted(p.name for p in out.parent.iterdir()) == [
             "config.json", "output.mp4", "status.json"]
     finally:
         shutdown_actors(client)
 
 
-def test_an_obs_recording_on_one_volume_runs_on_its_node(nodes: Nodes, media_root: Media,
-                                                         tmp_path: Path) -> None:
-    """Matroska (OBS) is probed, planned and copied on the node holding it."""
-    disk_a, shared = tmp_path / "disk-a", tmp_path / "shared"
-    link_sources(media_root.root, disk_a, ["obs.mkv"])
+def test_an_obs_recording_beside_an_mp4_on_two_shared_roots(nodes: Nodes, media_root: Media,
+                                                            tmp_path: Path) -> None:
+    """Matroska (OBS) in a second root is probed, planned and copied like an MP4."""
+    cams, shared = tmp_path / "cams", tmp_path / "shared"
+    link_sources(media_root.root, cams, ["obs.mkv"])
     link_sources(media_root.root, shared, ["h264_a.mp4"])
-    client = connect((MediaRoot(shared), MediaRoot(disk_a, "disk-a")))
+    client = connect((MediaRoot(shared), MediaRoot(cams)))
     try:
         files = ["obs.mkv", "h264_a.mp4"]
         cfg = config("export-obs", files, [(0, 0.5, 2.6), (1, 2.6, 3.9)])
@@ -134,9 +130,6 @@ def test_an_obs_recording_on_one_volume_runs_on_its_node(nodes: Nodes, media_roo
         assert done.status == JobState.COMPLETED, done.error
         prep = client.plan_sync(cfg)
         assert prep.plan.copy_bytes > 0
-        for p in client.pieces_sync("export-obs"):
-            if p.kind == "copy" and getattr(prep.plan.pieces[p.index], "source", None) == 0:
-                assert p.node_id == nodes.a
         out = shared / "exports" / "export-obs" / "output.mp4"
         decoded = mg.decode_video(out)
         assert decoded.errors == 0

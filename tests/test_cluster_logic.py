@@ -11,14 +11,15 @@ from ray.exceptions import RayActorError
 from cluster.coordinator import cut_groups, estimate_output_bytes, failure_message, progress_message
 from cluster.errors import AdmissionError, JobConflictError, JobNotFoundError
 from cluster.jobs import JobState, PiecePlacement, config_hash
-from cluster.scheduling import piece_tasks, placement, volume_nodes
-from cluster.settings import MediaRoot, Settings, SettingsError, to_env
+from cluster.scheduling import encode_memory, piece_tasks
+from cluster.settings import MediaRoot, Settings, SettingsError, parse_media_roots, to_env
 from cluster.status import StatusBook
 from cluster.store import JobStore
 from render.config import parse_config
 from render.engine import prepare
 from render.errors import CorruptMediaError
 from render.plan import CopyPiece, EncodePiece
+from serve_app.cli import main as cli_main
 from tests.conftest import MediaRoot as Media
 
 CFG = {"version": 1, "id": "export-logic", "sources": [{"filePath": "h264_a.mp4"},
@@ -63,33 +64,38 @@ def test_config_hash_ignores_status_only() -> None:
 
 
 def test_settings_from_env_and_back() -> None:
-    env = {"CUTFARM_MEDIA_ROOTS": "/data/media,/mnt/cam=disk-a", "CUTFARM_PORT": "9000",
+    env = {"CUTFARM_MEDIA_ROOTS": "/data/media,/mnt/cam", "CUTFARM_PORT": "9000",
            "CUTFARM_API_TOKEN": "t", "CUTFARM_CORS_ORIGINS": "https://a, https://b"}
     s = Settings.from_env(env)
-    assert s.media_roots == (MediaRoot(Path("/data/media")), MediaRoot(Path("/mnt/cam"),
-                                                                       "disk-a"))
+    assert s.media_roots == (MediaRoot(Path("/data/media")), MediaRoot(Path("/mnt/cam")))
     assert s.port == 9000 and s.token == "t" and s.cors_origins == ("https://a",
                                                                         "https://b")
     assert Settings.from_env(to_env(s)) == s
     with pytest.raises(SettingsError, match="CUTFARM_PORT"):
         Settings.from_env({"CUTFARM_PORT": "http"})
-    with pytest.raises(SettingsError, match="volume"):
-        Settings.from_env({"CUTFARM_MEDIA_ROOTS": "/x=Bad Name"})
 
 
-def test_locality_options() -> None:
-    n1, n2, n3 = ("a1" * 28, "b2" * 28, "c3" * 28)
-    nodes = [{"NodeID": n1, "Alive": True, "Labels": {"cutfarm.io/media-disk-a": "true"}},
-             {"NodeID": n2, "Alive": True, "Labels": {"cutfarm.io/media-disk-a": "true"}},
-             {"NodeID": n3, "Alive": False, "Labels": {"cutfarm.io/media-disk-b": "true"}}]
-    where = volume_nodes(nodes)
-    assert where == {"disk-a": [n1, n2]}
-    assert placement(None, where) == {}
-    a0 = placement("disk-a", where, 0)["scheduling_strategy"]
-    a1 = placement("disk-a", where, 1)["scheduling_strategy"]
-    assert {a0.node_id, a1.node_id} == {n1, n2} and a0.soft
-    dead = placement("disk-b", where)
-    assert dead["label_selector"] == {"cutfarm.io/media-disk-b": "true"}
+@pytest.mark.parametrize("item", ["/mnt/cam=disk-a", "/x=Bad Name", "./cams=cam-b"])
+def test_node_local_volume_roots_are_refused(item: str) -> None:
+    """``PATH=NAME`` (a node-local volume) was removed: refused, saying what to use."""
+    with pytest.raises(SettingsError) as exc:
+        Settings.from_env({"CUTFARM_MEDIA_ROOTS": f"/data/media,{item}"})
+    message = str(exc.value)
+    assert message.startswith(f"CUTFARM_MEDIA_ROOTS: {item!r} has the form PATH=NAME")
+    assert "node-local volumes are no longer supported" in message
+    assert "a folder every node sees at the same path" in message and "s3://" in message
+    # The same from the command line, naming the flag.
+    with pytest.raises(SettingsError, match=r"^--media-root: .*no longer supported"):
+        parse_media_roots(item, "--media-root")
+
+
+def test_serve_refuses_a_node_local_volume_root(monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("CUTFARM_MEDIA_ROOTS", raising=False)
+    assert cli_main(["serve", "--media-root", "/srv/cam-a=cam-a"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cutfarm: --media-root: '/srv/cam-a=cam-a' has the form PATH=NAME")
+    assert "node-local volumes are no longer supported" in err
 
 
 def test_pieces_messages_and_estimates(media_root: Media) -> None:
@@ -104,11 +110,13 @@ def test_pieces_messages_and_estimates(media_root: Media) -> None:
     assert progress_message(plan, everything) == "Assembling the output"
     est = estimate_output_bytes(prep)
     assert est > plan.copy_bytes
-    settings = Settings(media_roots=(MediaRoot(media_root.root),))
-    tasks = piece_tasks(prep, settings, "export-logic")
+    tasks = piece_tasks(prep, "export-logic")
     assert [t.index for t in tasks] == [i for i, p in enumerate(plan.pieces)
                                         if isinstance(p, EncodePiece)]
     assert all(t.name.startswith("export-logic:seg") for t in tasks)
+    fmt = plan.out_format
+    assert all(t.kind == "encode" and t.num_cpus == 1.0
+               and t.memory == encode_memory(fmt.width, fmt.height, fmt.pix_fmt) for t in tasks)
     assert any(isinstance(p, CopyPiece) for p in plan.pieces)
 
 

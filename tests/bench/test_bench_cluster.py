@@ -87,9 +87,9 @@ JOB_TIMEOUT = 600.0
 TIMELINE_SETTLE_SECONDS = 1.5
 
 #: Tasks whose CPUs are set per call (cluster.scheduling.piece_tasks), not by the decorator.
-PER_CALL_CPUS = {"encode_task": 1.0, "copy_task": 0.25}
+PER_CALL_CPUS = {"encode_task": 1.0}
 #: The tasks that make a job's output (everything else is planning or probing).
-PIECE_TASKS = ("encode_task", "copy_task", "audio_task")
+PIECE_TASKS = ("encode_task", "audio_task")
 
 
 def task_cpus(func: str) -> float | None:
