@@ -14,12 +14,13 @@ moto keeps objects in memory and serves them from Python on the same two cores, 
 time ratio is an upper bound of what a real store on a network would add to CPU time (and
 says nothing of latency).
 
-Measured 2026-12-01 on the 720p set: pieces fetch their samples within 3 %, but the audio
-task's demuxer reads between the samples it needs, and these files (written by FFmpeg)
-interleave a few hundred bytes of audio after every small video frame: bytes requested
-were 1.7-1.8x the bound (3.2x before the video samples were masked out of the audio's
-reads), in ~900 GETs per camera. Camera files that interleave per second do far better
-(tests/test_s3_sources.py, ``coarse``). Run with::
+Measured 2026-12-01 on the 720p set: 0.98-0.99x the bound (1.03-1.05x the bytes used),
+in 480-910 GETs per camera, the export 5.2x its time from disk. Before: 1.52-1.61x, when
+tail re-encodes fetched the GOP heads their copy pieces fetched again (now handed on,
+render/handoff.py), the probe took a 64 KiB page per keyframe, and the audio's reads merged
+across video frames. These files (written by FFmpeg) interleave a few hundred bytes of
+audio after every video frame, hence the audio's many small GETs; camera files that
+interleave per second need a few (tests/test_s3_sources.py, ``coarse``). Run with::
 
     .venv/bin/python -m pytest tests/bench/test_bench_s3.py --benchmark-only -s
 """
