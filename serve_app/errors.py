@@ -10,6 +10,7 @@ field when there is one.
     BodyTooLarge                                413
     cluster.AdmissionError                      507  not enough disk for the export
     cluster.ClusterUnavailableError, RayError   503  Ray or our actors are restarting
+    render.objectstore.StoreUnavailableError    503  the object store outlasted our retries
     any other RenderError / ClusterError        500
 
 Not an HTTP answer: ``ServeRefusedError``, raised by ``cutfarm serve`` when it must not start
@@ -29,6 +30,7 @@ from cluster.errors import (
     JobNotFoundError,
 )
 from render.errors import ConfigError, MediaError, RenderError
+from render.objectstore import StoreUnavailableError
 
 NOT_FOUND = "Export not found or not completed"
 
@@ -66,10 +68,16 @@ def _map(exc: Exception) -> tuple[int, dict[str, str]]:
         return 409, {"error": str(exc)}
     if isinstance(exc, AdmissionError):
         return 507, {"error": str(exc)}
-    if isinstance(exc, ClusterUnavailableError):
-        return 503, {"error": str(exc)}
+    if isinstance(exc, ClusterUnavailableError | StoreUnavailableError):
+        body = {"error": str(exc)}
+        if isinstance(exc, RenderError) and exc.field:
+            body["field"] = exc.field
+        return 503, body
     if isinstance(exc, RenderError | ClusterError):
-        return 500, {"error": str(exc)}
+        body = {"error": str(exc)}
+        if isinstance(exc, RenderError) and exc.field:
+            body["field"] = exc.field
+        return 500, body
     if isinstance(exc, RayError):
         return 503, {"error": "The export service is busy or restarting; please try again"}
     return 500, {"error": "Internal error; the export service logged the details"}

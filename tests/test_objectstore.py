@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import io
 import os
+import random
 import re
 import socket
 import sys
@@ -33,10 +34,14 @@ from hypothesis import strategies as st
 
 from render import mp4index
 from render import objectstore as obs
+from render.config import parse_config
+from render.engine import execute, prepare
 from render.errors import ConfigError, MediaError, SourceNotFoundError
 from render.paths import resolve_source
 from tests import mediagen as mg
 from tests.conftest import S3_SECRET as SECRET
+from tests.conftest import MediaRoot as Media
+from tests.test_engine import MULTICAM, full_check, make_config
 
 BUCKET = "cutfarm-media"
 ROOT = obs.S3Location(BUCKET, "studio/a")
@@ -90,13 +95,17 @@ def blob(s3: Any) -> tuple[obs.ObjectRef, bytes]:
 
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
         "trailers", "transfer-encoding", "upgrade", "expect", "content-length"}
+_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+           b"<Message>Access Denied</Message></Error>")
 _SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
              b"<Message>Please reduce your request rate.</Message></Error>")
 
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # "503": answer SlowDown; "cut": close after `after` bytes; "stall": hang then close
+    # "503": answer SlowDown; "403": AccessDenied; "cut": close after `after` bytes;
+    # "stall": hang then close
+    kind: str
     after: int = 0
     seconds: float = 0.0
     method: str = "GET"  # GETs only when they carry a Range (HEADs pass)
@@ -115,6 +124,9 @@ class FaultProxy:
         host, port = upstream.removeprefix("http://").split(":")
         self.upstream = (host, int(port))
         self.faults: deque[Fault] = deque()
+        # Random faults: each ranged GET with no queued fault fails with this probability.
+        self.chaos: tuple[random.Random, float] | None = None
+        self.chaos_hits = 0
         # (method, path, Range, If-Match) of every request, in arrival order.
         self.log: list[tuple[str, str, str | None, str | None]] = []
         self.lock = threading.Lock()
@@ -164,8 +176,18 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 fault = proxy.faults.popleft()
             else:
                 fault = None
+            if fault is None and proxy.chaos is not None and self.command == "GET" and rng:
+                dice, p = proxy.chaos
+                if dice.random() < p:
+                    proxy.chaos_hits += 1
+                    fault = (Fault("503") if dice.random() < 0.5
+                             else Fault("cut", after=dice.randrange(4096)))
         if fault is not None and fault.kind == "503":
             self._answer(503, [("Content-Type", "application/xml")], _SLOWDOWN)
+            return
+        if fault is not None and fault.kind == "403":
+            self._answer(403, [("Content-Type", "application/xml")], _DENIED,
+                         head=self.command == "HEAD")
             return
         conn = http.client.HTTPConnection(*proxy.upstream, timeout=30)
         try:
@@ -205,6 +227,7 @@ def proxy(moto_endpoint: str, aws_env: None, monkeypatch: pytest.MonkeyPatch,
         yield p
     finally:
         monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+        obs.clear_clients()  # a client made for the proxy must not outlive it
         p.close()
 
 
@@ -594,6 +617,55 @@ def test_a_stalled_body_times_out_and_resumes(proxy: FaultProxy,
     first, second = proxy.ranges()
     assert first == f"bytes=0-{len(data) - 1}" and second.endswith(f"-{len(data) - 1}")
     assert 0 < int(second.removeprefix("bytes=").split("-")[0]) <= 300 * KiB
+
+
+def test_an_export_through_a_store_that_fails_now_and_then_is_exact(
+        proxy: FaultProxy, s3: Any, media_root: Media, tmp_path: Path) -> None:
+    """One ranged GET in eight answers SlowDown or drops the connection mid-body, across a
+    whole export (probe, indexes, audio, pieces): every read retries or resumes and the
+    output is frame-exact, clicks and all."""
+    files = ["h264_a.mp4", "h264_b.mp4"]
+    root = obs.S3Location("cutfarm-chaos", "studio")
+    s3.create_bucket(Bucket=root.bucket)
+    for name in files:
+        s3.put_object(Bucket=root.bucket, Key=root.resolve(name).key,
+                      Body=(media_root.sources / name).read_bytes())
+    obs.clear_clients()  # the engine's own clients, through the proxy
+    proxy.chaos = (random.Random(8), 1 / 8)
+    prep = prepare(parse_config(make_config(files, MULTICAM)), [root])
+    execute(prep, tmp_path / "out.mp4")
+    proxy.chaos = None
+    assert proxy.chaos_hits >= 10, proxy.chaos_hits  # the faults did happen
+    full_check(media_root, files, prep, tmp_path / "out.mp4")
+
+
+def test_access_denied_names_the_object_and_what_to_check(
+        proxy: FaultProxy, camera: Uploaded) -> None:
+    """A bucket policy that refuses us: the export is refused with a sentence naming the
+    object, not a traceback, and no retry storm (403 is not transient)."""
+    proxy.faults.append(Fault("403", method="HEAD"))
+    obs.clear_clients()  # the engine's own clients, through the proxy
+    config = parse_config({"version": 1, "id": "export-denied",
+                           "sources": [{"filePath": "cam.mp4"}],
+                           "segments": [{"sourceIndex": 0, "startTime": 0, "endTime": 1}],
+                           "output": {"format": "mp4"}})
+    with pytest.raises(obs.ObjectAccessError) as info:
+        prepare(config, [ROOT])
+    assert str(info.value) == (
+        "sources[0].filePath: the object store refused access to "
+        f"{ROOT.resolve('cam.mp4').url} (403); check the server's credentials and the "
+        "bucket's policy")
+    assert info.value.field == "sources[0].filePath"
+    assert [m for m, *_ in proxy.log] == ["HEAD"]
+
+
+def test_missing_credentials_are_a_clear_error(aws_env: None,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(obs.ObjectAccessError, match="no usable credentials for s3://") as info:
+        obs.stat(obs.ObjectRef(BUCKET, "x"), client=obs.new_client(), retry=FAST_RETRY)
+    assert SECRET not in str(info.value)
 
 
 def test_a_store_that_stays_down_fails_clearly(proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch,

@@ -171,7 +171,8 @@ def find_source(file_path: str, roots: Sequence[S3Location], *, field: str = "fi
 
     ConfigError for a name that would leave ``sources/``; ObjectNotFoundError (a
     SourceNotFoundError) saying where we looked, and where the file is if it sits one
-    folder too high (``<root>/<name>``), when no root has it.
+    folder too high (``<root>/<name>``), when no root has it; any other ObjectStoreError
+    (access refused, store down) with ``field`` named.
     """
     candidates = [root.resolve(file_path, field=field) for root in roots]
     for ref in candidates:
@@ -179,6 +180,8 @@ def find_source(file_path: str, roots: Sequence[S3Location], *, field: str = "fi
             return stat(ref, client=client)
         except ObjectNotFoundError:
             continue
+        except ObjectStoreError as exc:  # refused, unreachable: say which field it is
+            raise type(exc)(f"{field}: {exc}", field=field) from exc
     looked = " or ".join(root.sources_url for root in roots)
     text = f"{field}: source file {file_path!r} was not found in {looked}"
     for root in roots:
