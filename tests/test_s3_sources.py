@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from cluster.jobs import JobState
 from cluster.settings import MediaRoot, Settings, SettingsError
 from cluster.status import StatusBook
 from cluster.store import BucketStore
+from render import mux
 from render import objectstore as obs
 from render.config import parse_config
 from render.engine import Prepared, execute, prepare
@@ -283,18 +285,21 @@ def test_the_engine_writes_an_export_into_a_bucket(
 
 
 def test_a_failed_export_leaves_nothing_in_the_bucket(
-        bucket: obs.S3Location, media_root: Media, tmp_path: Path) -> None:
+        bucket: obs.S3Location, media_root: Media, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     prep = prepare(parse_config(make_config(FILES[:2], MULTICAM)), [bucket])
     ref = ROOT.object("exports/cancelled/output.mp4")
     cancel = threading.Event()
+    real = mux._copy_samples
 
-    def on_progress(p: Any) -> None:
-        if p.bytes_done > 0:
-            cancel.set()  # midway through assembling: parts may be up already
+    def cancelled_midway(*args: Any) -> Iterator[bytes]:
+        for data in real(*args):
+            yield data
+            cancel.set()  # midway through assembling: the upload has begun
 
+    monkeypatch.setattr(mux, "_copy_samples", cancelled_midway)
     with pytest.raises(CancelledError):
-        execute(prep, StoredOutput(ref), work_dir=tmp_path, cancel=cancel,
-                on_progress=on_progress)
+        execute(prep, StoredOutput(ref), work_dir=tmp_path, cancel=cancel)
     s3 = obs.s3_client()
     with pytest.raises(obs.ObjectNotFoundError):
         obs.stat(ref)
