@@ -40,6 +40,7 @@ from render.handoff import handed_on, handoff_path
 from render.media import SourceInfo
 from render.paths import media_location
 from render.plan import EncodePiece
+from render.probecache import ProbeCache
 
 from .jobs import PiecePlacement
 
@@ -185,13 +186,18 @@ class Prober:
         return probe_here(config, roots)
 
 
+#: This process's probes, for the next preflight or job on the same file versions: in the
+#: prober actor, a job's start reuses its preflight's probes (render/probecache.py).
+PROBES = ProbeCache()
+
+
 def probe_here(config: dict[str, Any], roots: list[str]) -> dict[int, SourceInfo | RenderError]:
     """Each used source's info, or the engine's error for it."""
     cfg = parse_config(config)
     out: dict[int, SourceInfo | RenderError] = {}
     for i in sorted({s.source_index for s in cfg.segments}):
         try:
-            out[i] = probe_source(cfg, i, [media_location(r) for r in roots])
+            out[i] = probe_source(cfg, i, [media_location(r) for r in roots], cache=PROBES)
         except RenderError as exc:
             out[i] = exc
     return out

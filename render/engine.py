@@ -44,6 +44,7 @@ from .plan import (
     output_rate,
 )
 from .probe import probe
+from .probecache import ProbeCache
 
 #: Rough costs that turn bytes and frames into one progress scale (seconds of work):
 #: copying runs near disk speed; encoding costs per pixel. Only the ratio matters.
@@ -157,11 +158,13 @@ def probe_sources(config: ExportConfig, media_roots: Sequence[MediaLocation]
     return {i: probe_source(config, i, media_roots) for i in used}
 
 
-def probe_source(config: ExportConfig, i: int, media_roots: Sequence[MediaLocation]
-                 ) -> SourceInfo:
+def probe_source(config: ExportConfig, i: int, media_roots: Sequence[MediaLocation], *,
+                 cache: ProbeCache | None = None) -> SourceInfo:
+    """Source ``i`` resolved in the roots and probed (through ``cache``, if given)."""
     fld = f"sources[{i}].filePath"
     try:
-        return probe(locate_source(config.sources[i].file_path, media_roots, field=fld))
+        file = locate_source(config.sources[i].file_path, media_roots, field=fld)
+        return cache.probe(file) if cache is not None else probe(file)
     except RenderError as exc:
         exc.field = exc.field or fld
         raise
