@@ -185,6 +185,10 @@ class Prober:
               ) -> dict[int, SourceInfo | RenderError]:
         return probe_here(config, roots)
 
+    def cache_stats(self) -> tuple[int, int]:
+        """(hits, misses) of its probe cache."""
+        return PROBES.hits, PROBES.misses
+
 
 #: This process's probes, for the next preflight or job on the same file versions: in the
 #: prober actor, a job's start reuses its preflight's probes (render/probecache.py).

@@ -16,6 +16,7 @@ from pathlib import Path
 import ray
 
 from cluster.jobs import JobState
+from cluster.planning import prober
 from cluster.settings import MediaRoot
 from tests import mediagen as mg
 from tests.cluster_support import (
@@ -100,6 +101,9 @@ def test_metrics_are_exported(media_root: Media, tmp_path: Path) -> None:
         # Every task's last totals land before the job completes (they used to race it).
         assert done.bytes_done == done.bytes_total > 0, (done.bytes_done, done.bytes_total)
         assert done.frames_done == done.frames_total > 0, (done.frames_done, done.frames_total)
+        # Two sources probed once each: at the preflight; the job's start reused them.
+        stats = ray.get(prober(client.settings.namespace).cache_stats.remote())
+        assert stats == (2, 2), stats
         wanted = ("ray_cutfarm_jobs", "ray_cutfarm_frames_reencoded",
                   "ray_cutfarm_bytes_copied", "ray_cutfarm_job_duration_seconds",
                   "ray_cutfarm_queue_length")
