@@ -179,29 +179,32 @@ class Prober:
     """Probes the sources of preflights and jobs, in a process that is already up: a task
     needs an idle worker, and while exports run there often is none, so a submit waited
     ~1-2 s for a worker to start (the load benchmark's submit p99). Started with
-    ``max_concurrency=PROBER_CONCURRENCY`` (planning.prober)."""
+    ``max_concurrency=PROBER_CONCURRENCY`` (planning.prober).
+
+    It keeps its probes for the next preflight or job on the same file versions
+    (render/probecache.py): a job's start reuses its preflight's.
+    """
+
+    def __init__(self) -> None:
+        self.cache = ProbeCache()
 
     def probe(self, config: dict[str, Any], roots: list[str]
               ) -> dict[int, SourceInfo | RenderError]:
-        return probe_here(config, roots)
+        return probe_here(config, roots, self.cache)
 
     def cache_stats(self) -> tuple[int, int]:
         """(hits, misses) of its probe cache."""
-        return PROBES.hits, PROBES.misses
+        return self.cache.hits, self.cache.misses
 
 
-#: This process's probes, for the next preflight or job on the same file versions: in the
-#: prober actor, a job's start reuses its preflight's probes (render/probecache.py).
-PROBES = ProbeCache()
-
-
-def probe_here(config: dict[str, Any], roots: list[str]) -> dict[int, SourceInfo | RenderError]:
+def probe_here(config: dict[str, Any], roots: list[str], cache: ProbeCache | None = None
+               ) -> dict[int, SourceInfo | RenderError]:
     """Each used source's info, or the engine's error for it."""
     cfg = parse_config(config)
     out: dict[int, SourceInfo | RenderError] = {}
     for i in sorted({s.source_index for s in cfg.segments}):
         try:
-            out[i] = probe_source(cfg, i, [media_location(r) for r in roots], cache=PROBES)
+            out[i] = probe_source(cfg, i, [media_location(r) for r in roots], cache=cache)
         except RenderError as exc:
             out[i] = exc
     return out
