@@ -16,7 +16,7 @@ track, a phone's slow-motion audio edits) can make the file unindexable.
 
 Why the timestamps are not simply the ``stts``/``ctts`` values
 -------------------------------------------------------------
-Everything downstream (decoding around a cut, muxing, the demux fallback)
+Everything downstream (decoding around a cut, muxing, the audio demuxer)
 speaks in the timestamps FFmpeg's mov demuxer hands to PyAV, so the tables
 reproduce those, including the edit-list handling of ``mov_fix_index()``
 (libavformat/mov.c), checked packet by packet against PyAV in the tests:
@@ -41,8 +41,9 @@ followed by one edit with ``media_time >= 0`` and rate 1.  Anything else
 raises :class:`Mp4IndexError`, as do truncated or missing moov boxes (an
 interrupted recording), sample data past the end of the file, and tables that
 disagree with each other (FFmpeg papers over those in ways not worth
-reproducing).  The caller then falls back to demuxing with PyAV, which is slow
-but always consistent with itself.
+reproducing).  The probe (render/probe.py) turns it into a sentence for the
+user: an edit list it does not support, or a damaged file.  There is no demux
+fallback: demuxing a 15 GB file to index it would read every byte of it.
 
 Fragmented files (OBS, DASH/CMAF, FFmpeg's ``frag_*`` movflags)
 --------------------------------------------------------------
@@ -128,7 +129,7 @@ Boxes = dict[str, list[tuple[int, int]]]
 
 
 class Mp4IndexError(Exception):
-    """The file cannot be indexed from its moov box; demux it instead."""
+    """The file cannot be indexed from its moov box (the probe says why, to the user)."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ MP4, FFmpeg 8 sets it from its parser, which also counts recovery points):
   splice) the decoder drops them, so those frames silently vanish from the
   output.  A CRA is still a random access point if the caller re-encodes,
   rather than copies, the CRA's leading pictures -- the contract of
-  :func:`is_random_access_point`.  BLA_W_LP behaves like a CRA in that
+  :attr:`SampleKind.is_random_access_point`.  BLA_W_LP behaves like a CRA in that
   respect; IDR_N_LP has no leading pictures and IDR_W_RADL/BLA_W_RADL only
   decodable (RADL) ones.
 
@@ -26,15 +26,13 @@ So the sync flag is only a hint for which samples to inspect; the NAL unit
 types decide.  Reading them costs a few bytes per key frame sample.
 
 Also here: the avcC/hvcC configuration records (NAL length size, parameter
-sets, profile/level), splitting length-prefixed samples, and Annex-B to
-length-prefixed conversion for encoder output.
+sets, profile/level), and splitting length-prefixed samples and Annex-B
+streams (encoder output) into NAL units.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 __all__ = [
     "AvcConfig",
@@ -42,16 +40,13 @@ __all__ = [
     "HevcNalArray",
     "NalError",
     "SampleKind",
-    "annexb_to_length_prefixed",
     "classify_sample",
-    "is_random_access_point",
     "nal_spans",
     "nal_type_h264",
     "nal_type_hevc",
     "normalize_codec",
     "parse_avcc",
     "parse_hvcc",
-    "read_sample",
     "split_annexb",
     "split_nals",
 ]
@@ -360,19 +355,6 @@ def split_annexb(data: bytes) -> list[bytes]:
     return nals
 
 
-def annexb_to_length_prefixed(data: bytes, length_size: int = 4) -> bytes:
-    """Convert encoder output (Annex-B) to MP4 sample form; already prefixed data is an error."""
-    if not bytes(data[:4]).startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")):
-        raise NalError("data does not start with an Annex-B start code")
-    limit = 1 << (8 * length_size)
-    out = bytearray()
-    for nal in split_annexb(data):
-        if len(nal) >= limit:
-            raise NalError(f"NAL unit of {len(nal)} bytes does not fit a {length_size}-byte length")
-        out += len(nal).to_bytes(length_size, "big") + nal
-    return bytes(out)
-
-
 def _unescape(payload: bytes) -> bytes:
     """RBSP from a NAL payload: drop the emulation prevention 0x03 of each 00 00 03."""
     if b"\x00\x00\x03" not in payload:
@@ -541,24 +523,3 @@ def classify_sample(codec: str, sample: bytes, length_size: int) -> SampleKind:
         return _classify_h264(nals)
     return _classify_hevc(nals)
 
-
-def is_random_access_point(codec: str, sample: bytes, length_size: int) -> bool:
-    """Whether a copy may start at this sample.
-
-    H.264: IDR only (a non-IDR I-frame's neighbours may reference the past).
-    HEVC: any IRAP (IDR, CRA, BLA); the caller must not copy a CRA's leading
-    pictures, which are undecodable (RASL) once the stream starts at the CRA.
-    """
-    return classify_sample(codec, sample, length_size).is_random_access_point
-
-
-def read_sample(path: Path | str, offset: int, size: int) -> bytes:
-    """Read exactly ``size`` bytes at ``offset`` (one sample); a short read raises EOFError."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.pread(fd, size, offset)
-    finally:
-        os.close(fd)
-    if len(data) != size:
-        raise EOFError(f"{Path(path).name}: only {len(data)} of {size} bytes at offset {offset}")
-    return data
