@@ -244,14 +244,6 @@ def test_inband_parameter_sets(files: dict[str, Encoded]) -> None:
         assert kind.vcl_type == plain.vcl_type
 
 
-def test_is_random_access_point_by_codec(files: dict[str, Encoded]) -> None:
-    for name, codec in (("h264_open", "h264"), ("hevc_open", "hevc")):
-        enc = files[name]
-        for i in np.flatnonzero(enc.table.sync):
-            expected = nal.classify_sample(codec, enc.sample(int(i)), 4).is_random_access_point
-            assert nal.is_random_access_point(codec, enc.sample(int(i)), 4) is expected
-
-
 # --------------------------------------------------------------------------
 # small pure functions
 
