@@ -28,7 +28,8 @@ from .tasks import PieceResult, _placement, _Reporter
 
 class _RefPieces:
     """PieceSource over the encode tasks' object refs; waits for each re-encoded piece when
-    the muxer reaches it (copy pieces have no ref: the muxer reads them from the source).
+    the muxer reaches it. Copy pieces have no ref: the muxer reads them from the source,
+    or from the file the encode piece that read them anyway handed on (``copied``).
 
     Encoded pieces arrive as files on the shared work dir, or as bytes that this actor
     writes to its own scratch folder. Its own copies are deleted as soon as the muxer has
