@@ -81,7 +81,10 @@ def _open(file: SourceFile, stream: str | BinaryIO, options: dict[str, str]
 
 
 def _pixel_format_unknown(container: av.container.InputContainer) -> bool:
-    return any(s.codec_context.format is None for s in container.streams.video)
+    """Whether a video stream the export could use came out of the probe without its
+    pixel format (cover art does not count)."""
+    return any(s.codec_context.format is None for s in container.streams.video
+               if not s.disposition & av.stream.Disposition.attached_pic)
 
 
 def _local(path: Path) -> LocalFile:
