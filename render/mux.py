@@ -117,18 +117,21 @@ def _copy_samples(src: SourceInfo, decs: npt.NDArray[np.int64],
     """The bytes of samples ``decs`` (ascending), those from ``shipped[1]`` on from the
     handed-on file ``shipped[0]`` when it is there and whole: a piece killed while writing
     it, or a file gone, costs a read from the source, never a wrong sample."""
-    handed = np.zeros(len(decs), dtype=bool) if shipped is None else decs >= shipped[1]
+    if shipped is None:
+        yield from source_samples(src, decs)
+        return
+    path, first = shipped
+    handed = decs >= first
     sizes = src.video.index.size[decs[handed]]
     try:
-        whole = shipped is not None and shipped[0].stat().st_size == int(sizes.sum())
+        whole = path.stat().st_size == int(sizes.sum())
     except OSError:
         whole = False
     if not whole:
         yield from source_samples(src, decs)
         return
-    assert shipped is not None
     yield from source_samples(src, decs[~handed])
-    with shipped[0].open("rb", buffering=1 << 20) as fh:
+    with path.open("rb", buffering=1 << 20) as fh:
         for size in sizes.tolist():
             yield fh.read(size)
 
