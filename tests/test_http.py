@@ -501,12 +501,13 @@ def test_event_streams_deliver_every_state_in_order_and_resume(api: Api) -> None
     _wait_len(events, 1)
     ray.get(status_actor.update.remote("export-states", {
         "status": JobState.PROCESSING, "stage": "planning"}))
-    # Three changes sent at once: the stream still shows each state the job entered.
-    ray.get([status_actor.update.remote("export-states", {"stage": "rendering"}),
-             status_actor.update.remote("export-states", {"stage": "assembling"}),
-             status_actor.update.remote("export-states", {
-                 "status": JobState.COMPLETED, "stage": "done",
-                 "download_url": "/api/export/export-states/download"})])
+    # Three changes back to back, faster than the stream is read: it still shows each
+    # state the job entered. Each call is awaited before the next, as the coordinator
+    # does: an async actor does not promise to start calls in the order they were sent.
+    for fields in ({"stage": "rendering"}, {"stage": "assembling"},
+                   {"status": JobState.COMPLETED, "stage": "done",
+                    "download_url": "/api/export/export-states/download"}):
+        ray.get(status_actor.update.remote("export-states", fields))
     reader.join(10)
     assert not reader.is_alive()
     states = [(e["status"], e["stage"]) for _, e in events]
