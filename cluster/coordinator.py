@@ -411,15 +411,18 @@ class Coordinator:
             "message": progress_message(plan, set())})
         refs: list[Any] = [None] * len(plan.pieces)  # None: a copy piece the concat reads
         encode_refs: dict[int, Any] = {}
+        # Each task gets its own piece cut out of the plan, never the whole plan: the
+        # job's dispatch cost grows with its segments, not with segments x pieces.
         for t in piece_tasks(prep, job_id):
             ref = encode_task.options(name=t.name, num_cpus=t.num_cpus, memory=t.memory).remote(
-                prep_ref, t.index, job_id, self.status, work)
+                prep.encode_job(t.index), job_id, self.status, work)
             refs[t.index] = encode_refs[t.index] = ref
             run.refs.append(ref)
         audio_ref = None
-        if prep.audio is not None:
+        audio = prep.audio_job()
+        if audio is not None:
             audio_ref = audio_task.options(name=f"{job_id}:audio", memory=AUDIO_MEMORY).remote(
-                prep_ref, job_id, self.status)
+                audio, job_id, self.status)
             run.refs.append(audio_ref)
         messages = asyncio.create_task(self._report_pieces(job_id, plan, encode_refs))
         try:

@@ -33,13 +33,13 @@ import ray
 
 from render.audio import render_audio
 from render.config import parse_config
-from render.encode import encode_piece, with_threads
-from render.engine import Prepared, probe_source
+from render.encode import encode_piece
+from render.engine import probe_source
 from render.errors import RenderError
-from render.handoff import handed_on, handoff_path
+from render.handoff import handoff_path
 from render.media import SourceInfo
 from render.paths import media_location
-from render.plan import EncodePiece
+from render.piecejob import AudioJob, EncodeJob
 from render.probecache import ProbeCache
 
 from .jobs import PiecePlacement
@@ -211,49 +211,43 @@ def probe_here(config: dict[str, Any], roots: list[str], cache: ProbeCache | Non
 
 
 @ray.remote(max_retries=TASK_RETRIES, retry_exceptions=False)
-def encode_task(prep: Prepared, index: int, job_id: str, status: Any,
+def encode_task(job: EncodeJob, job_id: str, status: Any,
                 work_dir: str | None = None) -> PieceResult:
-    """Re-encode one piece. With a shared ``work_dir`` the piece is written there (no
-    object-store copy); otherwise its bytes travel back through the object store."""
-    piece = prep.plan.pieces[index]
-    assert isinstance(piece, EncodePiece)
+    """Re-encode one piece. ``job`` is that piece alone (``Prepared.encode_job``), never
+    the whole plan. With a shared ``work_dir`` the piece is written there (no object-store
+    copy); otherwise its bytes travel back through the object store."""
+    index = job.index
     _placement(status, job_id, index, "encode")
     report = _Reporter(status, job_id, f"piece-{index}")
     # x264/x265 default to every core of the node; hold them to the CPUs Ray gave us, or a
     # node's scheduled load would bear no relation to its real load.
     cpus = ray.get_runtime_context().get_assigned_resources().get(  # type: ignore[no-untyped-call]
         "CPU", 1.0)
-    settings = with_threads(prep.settings[index], max(1, round(cpus)))
-    hand_on = handed_on(prep.plan, prep.sources, prep.handoffs, index)
+    threads = max(1, round(cpus))
     if work_dir is not None:
         target = Path(work_dir) / f"piece-{index:05d}"
-        at_batch_priority(lambda: encode_piece(piece, prep.plan, prep.sources, settings,
-                                               target, on_frame=lambda: report.add(frames=1),
-                                               hand_on=hand_on))
+        at_batch_priority(lambda: encode_piece(job, target, threads=threads,
+                                               on_frame=lambda: report.add(frames=1)))
         report.finish()
         return PieceResult(index, None, _node(), str(target))
     with tempfile.TemporaryDirectory(prefix="cutfarm-piece-") as tmp:
         out = Path(tmp) / "piece"
         path = at_batch_priority(lambda: encode_piece(
-            piece, prep.plan, prep.sources, settings, out, on_frame=lambda: report.add(frames=1),
-            hand_on=hand_on))
+            job, out, threads=threads, on_frame=lambda: report.add(frames=1)))
         data = np.fromfile(path, dtype=np.uint8)
-        copies = {i: np.fromfile(handoff_path(out, i), dtype=np.uint8) for i in hand_on}
+        copies = {i: np.fromfile(handoff_path(out, i), dtype=np.uint8) for i in job.hand_on}
     report.finish()
     return PieceResult(index, data, _node(), copies=copies)
 
 
 @ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)
-def audio_task(prep: Prepared, job_id: str, status: Any) -> PieceResult:
-    assert prep.audio is not None
+def audio_task(job: AudioJob, job_id: str, status: Any) -> PieceResult:
     _placement(status, job_id, -1, "audio")
     report = _Reporter(status, job_id, "audio")
     with tempfile.TemporaryDirectory(prefix="cutfarm-audio-") as tmp:
         out = Path(tmp) / "audio"
-        target = prep.audio
         path = at_batch_priority(lambda: render_audio(
-            prep.plan.audio, prep.sources, target, out,
-            on_samples=lambda n: report.add(samples=n)))
+            job, out, on_samples=lambda n: report.add(samples=n)))
         data = np.fromfile(path, dtype=np.uint8)
     report.finish()
     return PieceResult(-1, data, _node())

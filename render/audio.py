@@ -27,6 +27,7 @@ import numpy.typing as npt
 from .errors import CorruptMediaError, OutputError
 from .media import SourceInfo
 from .piecefile import PieceHeader, PieceWriter
+from .piecejob import AudioJob
 from .plan import AudioSpan
 
 FloatBlock = npt.NDArray[np.float32]
@@ -118,9 +119,7 @@ def open_audio_encoder(target: AudioTarget) -> av.AudioCodecContext:
 
 
 def render_audio(
-    spans: Sequence[AudioSpan],
-    sources: Mapping[int, SourceInfo],
-    target: AudioTarget,
+    job: AudioJob,
     out_path: Path,
     *,
     on_samples: Callable[[int], None] | None = None,
@@ -131,6 +130,7 @@ def render_audio(
     A piece file rather than a container: Matroska would round every timestamp to a
     millisecond, and the muxer needs the encoder's exact sample-count timestamps.
     """
+    spans, sources, target = job.spans, job.sources, job.target
     try:
         ctx = open_audio_encoder(target)
     except av.error.FFmpegError as exc:

@@ -32,7 +32,8 @@ from .errors import OutputError
 from .handoff import handoff_path
 from .media import SourceInfo, VideoFormat
 from .piecefile import PieceHeader, PieceWriter
-from .plan import ENCODER_MAX_BFRAMES, CopyPiece, EncodePiece, EncodeRun, Plan
+from .piecejob import EncodeJob
+from .plan import ENCODER_MAX_BFRAMES
 
 ENCODERS = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9"}
 _PROFILES = {
@@ -193,46 +194,43 @@ def piece_header(s: EncoderSettings, time_base: Fraction) -> PieceHeader:
 
 
 def encode_piece(
-    piece: EncodePiece,
-    plan: Plan,
-    sources: Mapping[int, SourceInfo],
-    settings: EncoderSettings,
+    job: EncodeJob,
     out_path: Path,
     *,
+    threads: int | None = None,
     on_frame: Callable[[], None] | None = None,
     check_cancel: Callable[[], None] | None = None,
-    hand_on: Mapping[int, npt.NDArray[np.int64]] | None = None,
 ) -> Path:
     """Decode the piece's source frames, encode them, write a piece file at ``out_path``.
 
-    ``hand_on``: copy piece index -> its samples, which this piece reads while decoding and
-    writes to ``handoff_path(out_path, index)`` as they pass (render/handoff.py).
+    The copy pieces' samples in ``job.hand_on`` are written, as they pass, to
+    ``handoff_path(out_path, index)`` (render/handoff.py). ``threads``: the encoder's,
+    when the caller knows the CPUs it may use.
     """
-    tb = plan.out_time_base
-    ctx = open_encoder(settings, tb, piece.frames)
+    settings = job.settings if threads is None else with_threads(job.settings, threads)
+    tb = job.out_time_base
+    ctx = open_encoder(settings, tb, job.frames)
     sink = _PacketSink(settings, out_path, tb)
-    handed = _HandOn(plan, hand_on or {}, out_path)
+    handed = _HandOn(job.hand_on, out_path)
     try:
-        out_disp = piece.out_first
-        for run in piece.runs:
-            src = sources[run.source]
+        out_disp = 0
+        for k, (run, src) in enumerate(zip(job.runs, job.windows, strict=True)):
             fit = _Fitter(src.video.format, settings)
-            for _, frame in decode_run(src, run, tee=handed.tee(run)):
+            for _, frame in decode_run(src, run, tee=handed.tee(k)):
                 if check_cancel is not None:
                     check_cancel()
-                pts = int(plan.out_pts[out_disp])
                 img = fit(frame)
-                img.pts = pts
+                img.pts = int(job.out_pts[out_disp])
                 img.time_base = tb
                 img.pict_type = av.video.frame.PictureType.NONE
-                sink.write(ctx, ctx.encode(img), plan)
+                sink.write(ctx, ctx.encode(img))
                 out_disp += 1
                 if on_frame is not None:
                     on_frame()
-        sink.write(ctx, ctx.encode(None), plan)
-        if out_disp != piece.out_stop or sink.count != piece.frames:
+        sink.write(ctx, ctx.encode(None))
+        if out_disp != job.frames or sink.count != job.frames:
             raise OutputError(
-                f"re-encoding produced {sink.count} frames where {piece.frames} were planned"
+                f"re-encoding produced {sink.count} frames where {job.frames} were planned"
             )
         sink.close()
         handed.close()
@@ -246,25 +244,22 @@ def encode_piece(
 class _HandOn:
     """The files of the copy pieces an encode piece hands on, filled as samples pass."""
 
-    def __init__(self, plan: Plan, samples: Mapping[int, npt.NDArray[np.int64]],
+    def __init__(self, samples: Mapping[int, tuple[int, npt.NDArray[np.int64]]],
                  out_path: Path) -> None:
-        self.plan = plan
         self.samples = samples
         self.paths = {i: handoff_path(out_path, i) for i in samples}
         self.files: dict[int, BinaryIO] = {}
 
-    def tee(self, run: EncodeRun) -> Callable[[int, bytes], None] | None:
+    def tee(self, run: int) -> Callable[[int, bytes], None] | None:
+        """What run number ``run`` passes on: its window's decode number -> a file."""
         targets: dict[int, BinaryIO] = {}
-        for i, decs in self.samples.items():
-            copy = self.plan.pieces[i]
-            assert isinstance(copy, CopyPiece)
-            if copy.source != run.source:
+        for i, (k, decs) in self.samples.items():
+            if k != run:
                 continue
             if i not in self.files:
                 self.files[i] = self.paths[i].open("wb")
             for d in decs.tolist():
-                if run.decode_from <= d < run.decode_to:
-                    targets[d] = self.files[i]
+                targets[d] = self.files[i]
         if not targets:
             return None
 
@@ -293,7 +288,7 @@ class _PacketSink:
         self.count = 0
         self._ready = False
 
-    def write(self, ctx: av.VideoCodecContext, packets: list[av.Packet[Any]], plan: Plan) -> None:
+    def write(self, ctx: av.VideoCodecContext, packets: list[av.Packet[Any]]) -> None:
         for p in packets:
             if not self._ready:
                 self.writer.set_extradata(bytes(ctx.extradata or b""))

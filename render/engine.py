@@ -1,7 +1,8 @@
 """One export, in process: probe, plan, re-encode pieces, audio, assemble.
 
 This is the engine's whole pipeline on one machine. The cluster runs the same steps
-(``prepare``, ``encode_piece``, ``render_audio``, ``assemble``) as separate tasks; this
+(``prepare``, ``encode_piece``, ``render_audio``, ``assemble``) as separate tasks, each
+given only its own part of the plan (``Prepared.encode_job``, ``Prepared.audio_job``); this
 module strings them together with a small thread pool, honest progress and cancellation.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import cached_property
 from pathlib import Path
 
 from . import timecode
@@ -28,13 +30,13 @@ from .encode import (
     header_record,
     matched_settings,
     transcode_settings,
-    with_threads,
 )
 from .errors import CancelledError, ConfigError, RenderError
-from .handoff import handed_on, handoff_path, handoffs
+from .handoff import handoff_path, handoffs
 from .media import SourceInfo, VideoFormat
 from .mux import LocalPieces, StoredOutput, assemble
 from .paths import MediaLocation, locate_source
+from .piecejob import AudioJob, EncodeJob, audio_job, encode_job
 from .plan import (
     DEFAULT_MAX_PIECE_FRAMES,
     EncodePiece,
@@ -74,6 +76,25 @@ class Prepared:
     #: Copy piece -> (the encode piece that hands its samples on, the first one it hands
     #: on), see render/handoff.py.
     handoffs: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def encode_job(self, index: int) -> EncodeJob:
+        """Encode piece ``index``, cut out of the plan for one worker (render/piecejob.py)."""
+        return encode_job(self.plan, self.sources, self.settings[index],
+                          self._handed_on.get(index, {}), index)
+
+    @cached_property
+    def _handed_on(self) -> dict[int, dict[int, int]]:
+        """Encode piece -> {copy piece: first sample handed on}: ``handoffs`` inverted, so
+        cutting out every piece's job costs the job's size once, not once per piece."""
+        out: dict[int, dict[int, int]] = {}
+        for i, (j, first) in self.handoffs.items():
+            out.setdefault(j, {})[i] = first
+        return out
+
+    def audio_job(self) -> AudioJob | None:
+        if self.audio is None:
+            return None
+        return audio_job(self.plan.audio, self.sources, self.audio)
 
 
 @dataclass
@@ -330,12 +351,13 @@ def execute(
     try:
         encoded = _encode_all(prep, tmp, tracker, check_cancel, workers)
         audio = None
-        if prep.audio is not None:
+        audio_part = prep.audio_job()
+        if audio_part is not None:
             tracker.stage("audio", "Mixing audio")
-            apath = render_audio(plan.audio, prep.sources, prep.audio, tmp / "audio.piece",
+            apath = render_audio(audio_part, tmp / "audio.piece",
                                  on_samples=lambda n: tracker.add(samples=n),
                                  check_cancel=check_cancel)
-            audio = (apath, prep.audio)
+            audio = (apath, audio_part.target)
         check_cancel()
         tracker.stage("assembling", "Writing the output file")
         copies = {i: (handoff_path(encoded[j], i), first)
@@ -367,10 +389,8 @@ def _encode_all(prep: Prepared, tmp: Path, tracker: _Tracker, check_cancel: Call
         check_cancel()
 
     def one(i: int, piece: EncodePiece) -> Path:
-        s = with_threads(prep.settings[i], threads)
-        return encode_piece(piece, plan, prep.sources, s, tmp / f"piece-{i:05d}.piece",
-                            on_frame=lambda: tracker.add(frames=1), check_cancel=check,
-                            hand_on=handed_on(plan, prep.sources, prep.handoffs, i))
+        return encode_piece(prep.encode_job(i), tmp / f"piece-{i:05d}.piece", threads=threads,
+                            on_frame=lambda: tracker.add(frames=1), check_cancel=check)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cutfarm-encode") as pool:
         futures: list[tuple[int, Future[Path]]] = [(i, pool.submit(one, i, p)) for i, p in jobs]

@@ -17,8 +17,6 @@ import bisect
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
-
 from .media import SourceInfo
 from .plan import CopyPiece, EncodePiece, Plan
 from .sourcefile import StoredFile
@@ -48,20 +46,6 @@ def handoffs(plan: Plan, sources: Mapping[int, SourceInfo]) -> dict[int, tuple[i
                 if first < stop <= run.decode_to:
                     out.setdefault(i, (j, first))
                 k += 1
-    return out
-
-
-def handed_on(plan: Plan, sources: Mapping[int, SourceInfo], links: Mapping[int, tuple[int, int]],
-              encode_index: int) -> dict[int, np.ndarray]:
-    """Copy piece index -> the samples (decode numbers) that encode piece ``encode_index``
-    hands on of it."""
-    out: dict[int, np.ndarray] = {}
-    for i, (j, first) in links.items():
-        if j == encode_index:
-            piece = plan.pieces[i]
-            assert isinstance(piece, CopyPiece)
-            decs = piece.samples(sources[piece.source].video.index)
-            out[i] = decs[decs >= first]
     return out
 
 
