@@ -15,7 +15,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -35,7 +34,7 @@ from cluster.jobs import JobState, JobStatus
 from cluster.settings import Settings
 from render.config import is_valid_job_id, unknown_field_warnings
 from render.errors import ConfigError, RenderError
-from render.objectstore import presigned_get
+from render.objectstore import content_disposition, presigned_get
 
 from .errors import NOT_FOUND, HTTPProblem, problem_response
 from .security import BodyLimit, check_bearer, check_download, download_url
@@ -267,7 +266,7 @@ async def export_download(request: Request, job_id: str, expires: str | None = N
     config = await asyncio.to_thread(cluster.read_config, job_id)
     name = str(config.get("projectName") or job_id)
     media_type = MEDIA_TYPES.get(ext, "application/octet-stream")
-    disposition = content_disposition(name, ext)
+    disposition = content_disposition(f"{name}.{ext}")
     if isinstance(found, Path):
         # FileResponse streams from disk and answers Range/If-Range with 206 by itself.
         return _LargeChunkFileResponse(found, media_type=media_type,
@@ -307,13 +306,6 @@ async def health(request: Request) -> JSONResponse:
     except ClusterError as exc:
         return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
     return JSONResponse({"status": "ok", "active": len(jobs)})
-
-
-def content_disposition(name: str, ext: str) -> str:
-    """RFC 6266: an ASCII fallback and the exact UTF-8 name in ``filename*``."""
-    filename = f"{name}.{ext}"
-    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\/%' else "_" for c in filename)
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _sse(data: dict[str, Any], version: int) -> bytes:
