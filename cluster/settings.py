@@ -64,7 +64,6 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_PIECE_FRAMES = 900
 DEFAULT_MAX_PIECE_BYTES = 256 << 20
 DEFAULT_RETENTION_HOURS = 72.0
-DEFAULT_PRESET = "fast"
 #: Settings that may be given as ``NAME_FILE`` (a path) instead of ``NAME``.
 SECRET_VARIABLES = ("CUTFARM_API_TOKEN", "CUTFARM_WEBHOOK_SECRET")
 
@@ -150,7 +149,9 @@ class Settings(BaseSettings):
     #: Let callback URLs point at loopback/private/link-local addresses (off: SSRF guard).
     webhook_allow_private: bool = Field(
         False, validation_alias=AliasChoices("CUTFARM_WEBHOOK_ALLOW_PRIVATE"))
-    preset: str = Field(DEFAULT_PRESET, validation_alias=AliasChoices("CUTFARM_PRESET"))
+    #: x264/x265 preset of every re-encode; None: the engine's (veryfast around cuts,
+    #: fast for full re-encodes, render/encode.py).
+    preset: str | None = Field(None, validation_alias=AliasChoices("CUTFARM_PRESET"))
     #: Free disk kept in reserve beyond a job's estimated output size.
     disk_headroom_bytes: int = Field(
         512 << 20, ge=0, validation_alias=AliasChoices("CUTFARM_DISK_HEADROOM_BYTES"))
@@ -282,7 +283,7 @@ def to_env(settings: Settings) -> dict[str, str]:
         "CUTFARM_MAX_PIECE_FRAMES": str(settings.max_piece_frames),
         "CUTFARM_MAX_PIECE_BYTES": str(settings.max_piece_bytes),
         "CUTFARM_RETENTION_HOURS": str(settings.retention_hours),
-        "CUTFARM_PRESET": settings.preset,
+        **({"CUTFARM_PRESET": settings.preset} if settings.preset else {}),
         "CUTFARM_DISK_HEADROOM_BYTES": str(settings.disk_headroom_bytes),
         "CUTFARM_INGRESS": settings.ingress,
     }

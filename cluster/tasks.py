@@ -246,8 +246,8 @@ def audio_task(job: AudioJob, job_id: str, status: Any) -> PieceResult:
     report = _Reporter(status, job_id, "audio")
     with tempfile.TemporaryDirectory(prefix="cutfarm-audio-") as tmp:
         out = Path(tmp) / "audio"
-        path = at_batch_priority(lambda: render_audio(
+        at_batch_priority(lambda: render_audio(
             job, out, on_samples=lambda n: report.add(samples=n)))
-        data = np.fromfile(path, dtype=np.uint8)
+        data = np.fromfile(out, dtype=np.uint8)
     report.finish()
     return PieceResult(-1, data, _node())

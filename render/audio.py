@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from .errors import CorruptMediaError, OutputError
 from .media import SourceInfo
-from .piecefile import PieceHeader, PieceWriter
+from .piecefile import PacketSink, PieceHeader, PieceWriter
 from .piecejob import AudioJob
 from .plan import AudioSpan
 
@@ -120,12 +120,13 @@ def open_audio_encoder(target: AudioTarget) -> av.AudioCodecContext:
 
 def render_audio(
     job: AudioJob,
-    out_path: Path,
+    out: Path | PacketSink,
     *,
     on_samples: Callable[[int], None] | None = None,
     check_cancel: Callable[[], None] | None = None,
-) -> Path:
-    """Encode the whole output audio timeline into a piece file at ``out_path``.
+) -> None:
+    """Encode the whole output audio timeline into a piece file at ``out`` (or, in one
+    process, into a PacketChannel the muxer reads as it goes).
 
     A piece file rather than a container: Matroska would round every timestamp to a
     millisecond, and the muxer needs the encoder's exact sample-count timestamps.
@@ -137,7 +138,7 @@ def render_audio(
         raise OutputError(f"cannot start the {target.codec} audio encoder: {exc}") from exc
     header = PieceHeader(target.codec, bytes(ctx.extradata or b""),
                          Fraction(1, target.sample_rate), 0, 0)
-    writer = PieceWriter(out_path, header)
+    writer = PieceWriter(out, header) if isinstance(out, Path) else out
     inputs = _Inputs()
     try:
         feeder = _EncoderFeeder(ctx, writer, target)
@@ -162,7 +163,6 @@ def render_audio(
         raise
     finally:
         inputs.close()
-    return out_path
 
 
 class _Inputs:
@@ -334,7 +334,7 @@ def _decoded(container: av.container.InputContainer, stream: av.AudioStream) -> 
 class _EncoderFeeder:
     """Cuts arbitrary blocks into the encoder's frame size and keeps exact pts."""
 
-    def __init__(self, ctx: av.AudioCodecContext, writer: PieceWriter,
+    def __init__(self, ctx: av.AudioCodecContext, writer: PacketSink,
                  target: AudioTarget) -> None:
         self.ctx = ctx
         self.writer = writer

@@ -110,7 +110,9 @@ def add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                    help="folder or s3://bucket/prefix holding sources/ (repeatable)")
     r.add_argument("-o", "--output")
     r.add_argument("--workers", type=int, default=2, help="parallel re-encodes")
-    r.add_argument("--preset", default="fast", help="x264/x265 preset for re-encoded frames")
+    r.add_argument("--preset", default=None,
+                   help="x264/x265 preset for re-encoded frames (default: veryfast for the "
+                        "frames around cuts, fast for a full re-encode)")
     r.set_defaults(func=cmd_render)
     p = sub.add_parser("plan", help="show what would be copied and what re-encoded")
     p.add_argument("config")

@@ -97,13 +97,22 @@ class EncoderSettings:
 
 #: Quality of frames re-encoded between a camera's own: every one keeps >= 45 dB PSNR
 #: against its decoded source frame on detailed, noisy footage at a camera's bitrate
-#: (tests/test_quality.py, tests/bench/test_bench_quality.py). CRF 16/18, the earlier
-#: choice, fell to 37-40 dB there. The cost: re-encoded frames take about three times the
-#: camera's bitrate, and they are a few percent of an export's frames.
-MATCHED_CRF = {"h264": 10, "hevc": 8}
+#: (tests/test_quality.py, tests/bench/test_bench_quality.py, test_bench_4k.py). CRF 16/18,
+#: the earlier choice, fell to 37-40 dB there. The cost: re-encoded frames take about 1.5
+#: to three times the camera's bitrate, and they are a few percent of an export's frames.
+MATCHED_CRF = {"h264": 8, "hevc": 8}
+#: x264/x265 presets unless the caller names one. Re-encodes around cuts are a GOP at most:
+#: on 4K frames at 185 Mbit/s, x264 "veryfast" at CRF 8 took 0.29 CPU-s a frame for 47.6 dB
+#: (289 Mbit/s), where "fast" at CRF 10 took 0.72 s for 47.4 dB and held a 30-frame
+#: lookahead (1.2 GB per encoder at 4K, 0.6 GB at veryfast's 10). "superfast" needs CRF 7
+#: to keep the floor on tests/test_quality.py's detailed footage (525 Mbit/s at 4K, and no
+#: faster). Full re-encodes are the user's whole output: their size matters, they keep
+#: "fast".
+MATCHED_PRESET = "veryfast"
+TRANSCODE_PRESET = "fast"
 
 
-def matched_settings(src: SourceInfo, *, crf: int | None = None, preset: str = "fast") -> (
+def matched_settings(src: SourceInfo, *, crf: int | None = None, preset: str | None = None) -> (
         EncoderSettings):
     """Settings whose output can sit between copied GOPs of ``src``."""
     v = src.video
@@ -117,7 +126,7 @@ def matched_settings(src: SourceInfo, *, crf: int | None = None, preset: str = "
         pix_fmt=v.format.pix_fmt,
         bframes=min(ENCODER_MAX_BFRAMES, v.index.reorder_depth),
         crf=crf if crf is not None else MATCHED_CRF[codec],
-        preset=preset,
+        preset=preset or MATCHED_PRESET,
         sample_aspect_ratio=v.sample_aspect_ratio,
         color_primaries=v.color_primaries,
         color_trc=v.color_trc,
@@ -129,14 +138,14 @@ def matched_settings(src: SourceInfo, *, crf: int | None = None, preset: str = "
 
 
 def transcode_settings(codec: str, fmt: VideoFormat, fps: Fraction, *,
-                       crf: int | None = None, preset: str = "fast") -> EncoderSettings:
+                       crf: int | None = None, preset: str | None = None) -> EncoderSettings:
     """Settings for a fully re-encoded output (2-second closed GOPs)."""
     default_crf = {"h264": 20, "hevc": 23, "vp9": 32}[codec]
     pix_fmt = fmt.pix_fmt if fmt.pix_fmt in ("yuv420p", "yuv420p10le") else "yuv420p"
     return EncoderSettings(
         codec=codec, width=fmt.width, height=fmt.height, pix_fmt=pix_fmt,
         bframes=ENCODER_MAX_BFRAMES, crf=crf if crf is not None else default_crf,
-        preset=preset, gop=max(1, round(fps * 2)), rate=fps,
+        preset=preset or TRANSCODE_PRESET, gop=max(1, round(fps * 2)), rate=fps,
     )
 
 

@@ -36,6 +36,7 @@ from .handoff import handoff_path, handoffs
 from .media import SourceInfo, VideoFormat
 from .mux import LocalPieces, StoredOutput, assemble
 from .paths import MediaLocation, locate_source
+from .piecefile import ChannelClosed, PacketChannel, PieceHeader
 from .piecejob import AudioJob, EncodeJob, audio_job, encode_job
 from .plan import (
     DEFAULT_MAX_PIECE_FRAMES,
@@ -193,7 +194,7 @@ def probe_source(config: ExportConfig, i: int, media_roots: Sequence[MediaLocati
 
 def prepare(config: ExportConfig, media_roots: Sequence[MediaLocation], *,
             max_piece_frames: int | None = None, max_piece_bytes: int | None = None,
-            preset: str = "fast") -> Prepared:
+            preset: str | None = None) -> Prepared:
     sources = probe_sources(config, media_roots)
     return prepare_with(config, sources, max_piece_frames=max_piece_frames,
                         max_piece_bytes=max_piece_bytes, preset=preset)
@@ -201,7 +202,7 @@ def prepare(config: ExportConfig, media_roots: Sequence[MediaLocation], *,
 
 def prepare_with(config: ExportConfig, sources: dict[int, SourceInfo], *,
                  max_piece_frames: int | None = None, max_piece_bytes: int | None = None,
-                 preset: str = "fast") -> Prepared:
+                 preset: str | None = None) -> Prepared:
     planned = [
         PlannedSource(s.video.index, s.video.format, s.audio is not None) if s is not None
         else None
@@ -309,7 +310,7 @@ def render(
     cancel: threading.Event | None = None,
     work_dir: Path | None = None,
     workers: int = 2,
-    preset: str = "fast",
+    preset: str | None = None,
 ) -> RenderResult:
     """Run one export to ``out_path``. Nothing is left at ``out_path`` unless it succeeded."""
     t0 = time.monotonic()
@@ -348,27 +349,71 @@ def execute(
         out_path.parent.mkdir(parents=True, exist_ok=True)
         work_dir = work_dir or out_path.parent
     tmp = Path(tempfile.mkdtemp(prefix=".cutfarm-", dir=work_dir))
+    audio_part = prep.audio_job()
+    sound = None if audio_part is None else _AudioThread(
+        audio_part, tmp / "audio.piece", tracker, check_cancel)
     try:
         encoded = _encode_all(prep, tmp, tracker, check_cancel, workers)
-        audio = None
-        audio_part = prep.audio_job()
-        if audio_part is not None:
-            tracker.stage("audio", "Mixing audio")
-            apath = render_audio(audio_part, tmp / "audio.piece",
-                                 on_samples=lambda n: tracker.add(samples=n),
-                                 check_cancel=check_cancel)
-            audio = (apath, audio_part.target)
         check_cancel()
         tracker.stage("assembling", "Writing the output file")
         copies = {i: (handoff_path(encoded[j], i), first)
                   for i, (j, first) in prep.handoffs.items()}
+        audio = None if sound is None else (sound.channel, sound.job.target)
         assemble(plan, prep.sources, LocalPieces(encoded, copies), audio, out_path,
                  container_format=prep.container_format, timecode=prep.timecode,
                  params=prep.params, on_bytes=lambda n: tracker.add(bytes_=n),
                  check_cancel=check_cancel)
+        if sound is not None:
+            sound.finish()
         tracker.stage("done", "Export complete")
+    except ChannelClosed:
+        # The audio stopped the muxer: its own error is the one to report.
+        failed = sound.stop() if sound is not None else None
+        if failed is not None and not isinstance(failed, ChannelClosed):
+            raise failed from None
+        raise
+    except BaseException:
+        if sound is not None:
+            sound.stop()
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _AudioThread:
+    """The audio track, encoded in a thread of its own from the start: alongside the
+    re-encodes, and on into the assembly, which reads its packets as they come
+    (PacketChannel). Run after the video instead, it added its whole time to every
+    export's (5-13 s of a 4K keyframe export's 14-26 s)."""
+
+    def __init__(self, job: AudioJob, spill: Path, tracker: _Tracker,
+                 check_cancel: Callable[[], None]) -> None:
+        self.job = job
+        target = job.target
+        self.channel = PacketChannel(spill, PieceHeader(target.codec, b"",
+                                                        Fraction(1, target.sample_rate), 0, 0))
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(tracker, check_cancel), name="cutfarm-audio", daemon=True)
+        self._thread.start()
+
+    def _run(self, tracker: _Tracker, check_cancel: Callable[[], None]) -> None:
+        try:
+            render_audio(self.job, self.channel, on_samples=lambda n: tracker.add(samples=n),
+                         check_cancel=check_cancel)
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self) -> None:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> BaseException | None:
+        """Stop it (if still running); the error it stopped with, if any."""
+        self.channel.cancel()
+        self._thread.join()
+        return self.error
 
 
 def _encode_all(prep: Prepared, tmp: Path, tracker: _Tracker, check_cancel: Callable[[], None],

@@ -44,7 +44,7 @@ from .errors import OutputError
 from .media import SourceInfo
 from .objectstore import MIN_PART_SIZE, MultipartWriter, ObjectRef
 from .objectstore.writer import DEFAULT_PART_SIZE
-from .piecefile import read_header, read_packets
+from .piecefile import PacketChannel, read_header, read_packets
 from .plan import CopyPiece, EncodePiece, Plan
 from .sidedata import new_extradata
 
@@ -206,7 +206,7 @@ def assemble(
     plan: Plan,
     sources: Mapping[int, SourceInfo],
     pieces: PieceSource,
-    audio: tuple[Path, AudioTarget] | None,
+    audio: tuple[Path | PacketChannel, AudioTarget] | None,
     out_path: Path | StoredOutput,
     *,
     container_format: str = "mp4",
@@ -274,7 +274,7 @@ class _ReservationTooSmall(Exception):
 
 
 def _write_to(sink: Path | StoredOutput, plan: Plan, sources: Mapping[int, SourceInfo],
-              pieces: PieceSource, audio: tuple[Path, AudioTarget] | None,
+              pieces: PieceSource, audio: tuple[Path | PacketChannel, AudioTarget] | None,
               container_format: str, on_bytes: Callable[[int], None] | None,
               check_cancel: Callable[[], None] | None, *, reserve: bool, scale: int,
               timecode: str | None, params: TrackParams | None) -> int:
@@ -297,7 +297,7 @@ def _write(
     plan: Plan,
     sources: Mapping[int, SourceInfo],
     pieces: PieceSource,
-    audio: tuple[Path, AudioTarget] | None,
+    audio: tuple[Path | PacketChannel, AudioTarget] | None,
     path: Path | MultipartWriter,
     container_format: str,
     on_bytes: Callable[[int], None] | None,
@@ -367,7 +367,7 @@ def _write(
 
 
 def _options(plan: Plan, sources: Mapping[int, SourceInfo],
-             audio: tuple[Path, AudioTarget] | None, container_format: str,
+             audio: tuple[Path | PacketChannel, AudioTarget] | None, container_format: str,
              reserve: bool, params: TrackParams | None = None, scale: int = 1
              ) -> dict[str, str]:
     if container_format != "mp4":
@@ -389,11 +389,13 @@ class _AudioOut:
     """Feeds the audio piece's packets into the output in step with the video."""
 
     def __init__(self, out: av.container.OutputContainer,
-                 audio: tuple[Path, AudioTarget]) -> None:
+                 audio: tuple[Path | PacketChannel, AudioTarget]) -> None:
         self.out = out
         self.target = audio[1]
         self.stream = _audio_stream(out, self.target)
-        self.packets = read_packets(audio[0])
+        source = audio[0]
+        self.packets = (read_packets(source) if isinstance(source, Path)
+                        else source.packets())
         self.pending = next(self.packets, None)
         self.time_base = Fraction(1, self.target.sample_rate)
 

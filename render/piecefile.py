@@ -14,15 +14,18 @@ half-written piece under its final name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 MAGIC = b"CFPIECE1"
 _RECORD = struct.Struct("<qqqIB")
@@ -142,3 +145,104 @@ def read_packets(path: Path) -> Iterator[StoredPacket]:
             if len(data) < size:
                 raise ValueError(f"piece {path.name} is truncated")
             yield StoredPacket(pts, dts, duration, bool(flags & _FLAG_KEY), data)
+
+
+class PacketSink(Protocol):
+    """Where a piece's packets go as they are encoded: a piece file, or a channel."""
+
+    def write(self, pts: int, dts: int, duration: int, is_keyframe: bool,
+              data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class ChannelClosed(Exception):
+    """The other end of a PacketChannel gave up (its own error says why)."""
+
+
+class PacketChannel:
+    """A piece's packets from the thread that encodes them to the thread that muxes them,
+    in order, at most ``capacity`` waiting, and to a piece file at ``spill``.
+
+    In one process the muxer need not wait for the whole audio track: the audio is
+    encoded while the video is assembled, each on its own core. A second ``packets()``
+    (the muxer writing the output again) reads the file once it is complete, and from then
+    on the writer queues nothing. Either end may stop: a writer's ``abort`` or a reader's
+    ``cancel`` makes the other end raise ChannelClosed.
+    """
+
+    _END = object()
+
+    def __init__(self, spill: Path, header: PieceHeader, capacity: int = 512) -> None:
+        self.spill = spill
+        self._file = PieceWriter(spill, header)
+        self._queue: queue.Queue[object] = queue.Queue(capacity)
+        self._cancelled = threading.Event()
+        self._detached = threading.Event()  # no live reader: write the file only
+        self._done = threading.Event()
+        self._reads = 0
+
+    # the encoding end (PacketSink)
+    def write(self, pts: int, dts: int, duration: int, is_keyframe: bool, data: bytes) -> None:
+        self._file.write(pts, dts, duration, is_keyframe, data)
+        self._put(StoredPacket(pts, dts, duration, is_keyframe, data))
+
+    def close(self) -> None:
+        self._file.close()
+        self._done.set()
+        self._put(self._END)
+
+    def abort(self) -> None:
+        self._file.abort()
+        self._cancelled.set()
+        self._done.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(ChannelClosed("the writer stopped"))
+
+    def _put(self, item: object) -> None:
+        while not self._cancelled.is_set():
+            if self._detached.is_set():
+                return
+            with contextlib.suppress(queue.Full):
+                self._queue.put(item, timeout=0.1)
+                return
+        raise ChannelClosed("the reader stopped")
+
+    # the muxing end
+    def packets(self) -> Iterator[StoredPacket]:
+        self._reads += 1
+        if self._reads == 1:
+            return self._live()
+        self._detached.set()  # the first reader is abandoned
+        return self._replay()
+
+    def _live(self) -> Iterator[StoredPacket]:
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    if self._cancelled.is_set():
+                        raise ChannelClosed("the writer stopped") from None
+                    continue
+                if item is self._END:
+                    return
+                if isinstance(item, ChannelClosed):
+                    raise item
+                assert isinstance(item, StoredPacket)
+                yield item
+        finally:
+            self._detached.set()
+
+    def _replay(self) -> Iterator[StoredPacket]:
+        while not self._done.wait(0.1):
+            if self._cancelled.is_set():
+                break
+        if self._cancelled.is_set() or not self.spill.exists():
+            raise ChannelClosed("the writer stopped")
+        yield from read_packets(self.spill)
+
+    def cancel(self) -> None:
+        self._cancelled.set()

@@ -27,10 +27,11 @@ from render.engine import execute, prepare
 from render.mp4index import read_sample_tables
 from tests import mediagen as mg
 from tests.conftest import MediaRoot
-from tests.test_engine import MULTICAM, cams, make_config, run
+from tests.test_engine import MULTICAM, cams, gens, make_config, run
 from tests.verify import (
     TracedUnit,
     _tail,
+    check_audio_sync,
     check_copied_bytes,
     check_frames,
     check_parameter_sets,
@@ -458,6 +459,9 @@ def test_a_surprise_while_muxing_writes_the_file_again_inband(
     assert "writing the parameter sets in-band instead" in caplog.text
     assert _inband_sets(out) > 0
     check_frames(out, expected_stamps(prep, cams(media_root, files)))
+    # The second writing takes the audio from the file its first reading left behind.
+    worst, clicks = check_audio_sync(out, prep, gens(media_root, files))
+    assert clicks >= 4 and worst < 0.002
 
 
 def test_a_set_the_record_cannot_hold_falls_back_with_a_sentence(
