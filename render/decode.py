@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import CorruptMediaError
 from .media import SourceInfo
+from .nal import disposable
 from .plan import EncodeRun
 from .sidedata import new_extradata
 from .sourcefile import read_samples
@@ -56,6 +57,10 @@ def decode_run(src: SourceInfo, run: EncodeRun, *,
     wanted = run.src_disp
     j = 0
     current = src.video.record_of(run.decode_from)
+    # Pictures shown before the first wanted frame matter only as references: those that
+    # are none need no decoding (at a cut in mid-GOP, most of the B-frames before it).
+    first_wanted = int(wanted.min()) if len(wanted) else 0
+    codec, length_size = src.video.format.codec, src.video.nal_length_size
     ctx = open_decoder(src, current)
     try:
         with contextlib.closing(source_samples(src, range(run.decode_from, run.decode_to))
@@ -63,6 +68,9 @@ def decode_run(src: SourceInfo, run: EncodeRun, *,
             for dec, data in zip(range(run.decode_from, run.decode_to), samples, strict=True):
                 if tee is not None:
                     tee(dec, data)
+                if (int(index.disp_of_dec[dec]) < first_wanted
+                        and disposable(codec, data, length_size)):
+                    continue
                 packet = av.Packet(data)
                 record = src.video.record_of(dec)
                 if record != current:  # the source switches parameter sets here

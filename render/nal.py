@@ -523,3 +523,35 @@ def classify_sample(codec: str, sample: bytes, length_size: int) -> SampleKind:
         return _classify_h264(nals)
     return _classify_hevc(nals)
 
+
+
+#: H.264 NAL types a decoder keeps state from beyond the picture: SPS, PPS, SPS extension,
+#: subset SPS. A sample carrying one is never dropped.
+_H264_PARAMETER_SETS = frozenset({7, 8, 13, 15})
+
+
+def disposable(codec: str, sample: bytes, length_size: int) -> bool:
+    """Whether a decoder may skip this sample and still decode every other one exactly.
+
+    H.264 only: a picture whose slices all have ``nal_ref_idc`` 0 is a reference for no
+    other picture (and advances no ``frame_num``), so leaving it out changes nothing else.
+    A sample that also carries a parameter set is kept. HEVC's non-reference pictures may
+    still be referenced from higher temporal layers: never skipped here.
+    """
+    if codec != "h264":
+        return False
+    try:
+        spans = nal_spans(sample, length_size)
+    except NalError:
+        return False
+    slices = 0
+    for pos, _ in spans:
+        header = sample[pos]
+        kind = header & 0x1F
+        if kind in _H264_PARAMETER_SETS:
+            return False
+        if 1 <= kind <= 5:
+            if header & 0x60:  # nal_ref_idc
+                return False
+            slices += 1
+    return slices > 0

@@ -301,3 +301,46 @@ def test_normalize_codec() -> None:
     with pytest.raises(nal.NalError):
         nal.normalize_codec("prores")
 
+
+
+def _encoded(codec: str, params: str) -> list[tuple[str, bytes]]:
+    """(picture type, length-prefixed sample) of 12 small frames, in decode order."""
+    ctx = av.CodecContext.create(codec, "w")
+    assert isinstance(ctx, av.VideoCodecContext)
+    ctx.width, ctx.height, ctx.pix_fmt = 64, 64, "yuv420p"
+    ctx.time_base = Fraction(1, 30)
+    ctx.options = {"x264-params" if codec == "libx264" else "x265-params": params,
+                   "preset": "ultrafast"}
+    rng = np.random.default_rng(1)
+    packets: list[av.Packet] = []
+    for i in range(12):
+        frame = av.VideoFrame.from_ndarray(
+            rng.integers(0, 255, (96, 64), dtype=np.uint8), format="yuv420p")
+        frame.pts = i
+        packets += ctx.encode(frame)
+    packets += ctx.encode(None)
+    out = []
+    latest = -1  # a picture shown before one already decoded is a B-frame
+    for p in packets:
+        assert p.pts is not None
+        data = _length_prefixed(bytes(p))
+        idr = 5 in [n[0] & 0x1F for n in nal.split_nals(data, 4)]
+        out.append(("IDR" if idr else "B" if p.pts < latest else "P", data))
+        latest = max(latest, p.pts)
+    return out
+
+
+def test_only_h264_pictures_nothing_refers_to_are_disposable() -> None:
+    samples = _encoded("libx264", "keyint=12:bframes=2:b-pyramid=none:b-adapt=0:scenecut=0")
+    verdicts = [(kind, nal.disposable("h264", data, 4)) for kind, data in samples]
+    # P pictures are references, and the IDR also carries SPS and PPS in-band.
+    assert all(not d for kind, d in verdicts if kind in ("IDR", "P")), verdicts
+    # Without a B-pyramid every B-frame is disposable: here, all 7 of them.
+    assert [d for kind, d in verdicts if kind == "B"] == [True] * 7, verdicts
+    # With a pyramid the middle B is a reference.
+    pyramid = _encoded("libx264", "keyint=12:bframes=3:b-pyramid=normal:b-adapt=0:scenecut=0")
+    assert 0 < sum(nal.disposable("h264", d, 4) for _, d in pyramid) < sum(
+        kind == "B" for kind, _ in pyramid)
+    # Never HEVC, never what cannot be parsed.
+    assert not nal.disposable("hevc", samples[2][1], 4)
+    assert not nal.disposable("h264", b"\x00\x00\x00\x09\x01", 4)

@@ -25,8 +25,8 @@ targets (all figures also go to ``extra_info``; nothing asserts on time):
 (b) ``frame`` accuracy in a subprocess launched like test_bench_engine.test_peak_memory
     (so its peak RSS is its own): wall, CPU s (user+sys of the export process), peak RSS,
     re-encoded and decoded frames, CPU s per re-encoding cut, and where the time goes
-    (the engine's stages: probe+plan, re-encode, audio, assembly, with CPU s each, and the
-    most threads the process had);
+    (the engine's stages: probe+plan, re-encode, assembly, with CPU s each; the audio
+    runs alongside both; and the most threads the process had);
 (e) the same frame job through the cluster on a local 2-CPU Ray (test_bench_cluster's
     local_cluster / run_job / job_breakdown): total, queueing, planning and fan-out, the
     piece window, assembly, status lag, CPU s of every Ray process, and the Ray timeline's
@@ -189,8 +189,9 @@ print(json.dumps({
     "pieces": len(plan.pieces)}))
 """
 
-#: Stage names as the child records them -> what the span ending there is.
-_SPANS = {"prepared": "probe_plan", "audio": "reencode", "assembling": "audio", "done": "assemble"}
+#: Stage names as the child records them -> what the span ending there is. The audio is
+#: encoded in a thread of its own alongside both of the last two (render/engine.py).
+_SPANS = {"prepared": "probe_plan", "assembling": "reencode", "done": "assemble"}
 
 
 def export_subprocess(cfg: dict[str, Any], media: BenchMedia, out: Path) -> dict[str, Any]:
