@@ -31,7 +31,8 @@ def source_samples(src: SourceInfo, decs: Iterable[int]) -> Generator[bytes, Non
     return read_samples(src.file, ((int(offset[d]), int(size[d])) for d in decs))
 
 
-def open_decoder(src: SourceInfo, record: bytes | None = None) -> av.VideoCodecContext:
+def open_decoder(src: SourceInfo, record: bytes | None = None, threads: int = 0
+                 ) -> av.VideoCodecContext:
     ctx = av.CodecContext.create(src.video.format.codec, "r")
     assert isinstance(ctx, av.VideoCodecContext)
     record = record or src.video.extradata
@@ -40,12 +41,16 @@ def open_decoder(src: SourceInfo, record: bytes | None = None) -> av.VideoCodecC
     # Frame threads add latency, slice threads don't reorder: both are safe because frames
     # are matched back by pts, never by arrival order.
     ctx.thread_type = "AUTO"
+    # 0: one thread per core, plus one. Each frame thread holds its own frames (at 4K, a
+    # decoder took 208 MB so, 154 MB with one thread): a caller sharing the machine with
+    # other pieces says how many it may use.
+    ctx.thread_count = threads
     ctx.open()
     return ctx
 
 
 def decode_run(src: SourceInfo, run: EncodeRun, *,
-               tee: Callable[[int, bytes], None] | None = None,
+               tee: Callable[[int, bytes], None] | None = None, threads: int = 0,
                ) -> Iterator[tuple[int, av.VideoFrame]]:
     """Yield (position in ``run.src_disp``, frame) for every requested frame, in order;
     ``tee`` sees each sample read (decode number, bytes) before the decoder does.
@@ -61,7 +66,7 @@ def decode_run(src: SourceInfo, run: EncodeRun, *,
     # are none need no decoding (at a cut in mid-GOP, most of the B-frames before it).
     first_wanted = int(wanted.min()) if len(wanted) else 0
     codec, length_size = src.video.format.codec, src.video.nal_length_size
-    ctx = open_decoder(src, current)
+    ctx = open_decoder(src, current, threads)
     try:
         with contextlib.closing(source_samples(src, range(run.decode_from, run.decode_to))
                                 ) as samples:

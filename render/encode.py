@@ -213,8 +213,8 @@ def encode_piece(
     """Decode the piece's source frames, encode them, write a piece file at ``out_path``.
 
     The copy pieces' samples in ``job.hand_on`` are written, as they pass, to
-    ``handoff_path(out_path, index)`` (render/handoff.py). ``threads``: the encoder's,
-    when the caller knows the CPUs it may use.
+    ``handoff_path(out_path, index)`` (render/handoff.py). ``threads``: the encoder's and
+    the decoder's, when the caller knows the CPUs it may use.
     """
     settings = job.settings if threads is None else with_threads(job.settings, threads)
     tb = job.out_time_base
@@ -225,7 +225,7 @@ def encode_piece(
         out_disp = 0
         for k, (run, src) in enumerate(zip(job.runs, job.windows, strict=True)):
             fit = _Fitter(src.video.format, settings)
-            for _, frame in decode_run(src, run, tee=handed.tee(k)):
+            for _, frame in decode_run(src, run, tee=handed.tee(k), threads=settings.threads):
                 if check_cancel is not None:
                     check_cancel()
                 img = fit(frame)
