@@ -41,8 +41,8 @@ def open_decoder(src: SourceInfo, record: bytes | None = None, threads: int = 0
     # Frame threads add latency, slice threads don't reorder: both are safe because frames
     # are matched back by pts, never by arrival order.
     ctx.thread_type = "AUTO"
-    # 0: one thread per core, plus one. Each frame thread holds its own frames (at 4K, a
-    # decoder took 208 MB so, 154 MB with one thread): a caller sharing the machine with
+    # 0: one thread per core, plus one. Each frame thread holds its own frames (a 4K
+    # decoder: 208 MB so, 154 MB with one thread), so a caller sharing the machine with
     # other pieces says how many it may use.
     ctx.thread_count = threads
     ctx.open()

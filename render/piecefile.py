@@ -9,7 +9,8 @@ encoder's extradata, and nothing else:
     record = <q pts> <q dts> <q duration> <I size> <B flags> | size bytes
 
 A piece is written to ``<name>.part`` and renamed when complete, so a reader never sees a
-half-written piece under its final name.
+half-written piece under its final name. In one process the audio's packets also go
+straight to the muxer while they are encoded, through a PacketChannel.
 """
 
 from __future__ import annotations

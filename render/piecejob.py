@@ -2,11 +2,11 @@
 
 A job's ``Prepared`` holds every source's whole sample index and every piece of the plan.
 Shipped to each task, it makes a job's dispatch cost grow with segments x pieces: at 2,000
-segments every one of ~4,000 tasks would unpickle ~4,000 pieces and the index of every
-camera. :func:`encode_job` cuts out only what one re-encode reads: its frames' output times,
-and for each of its runs the window of the source's index that run decodes, renumbered from
-the window's first sample. A task's payload then grows with its own piece's length, never
-with the job's.
+segments each of ~3,000 tasks would unpickle every piece and every camera's index (26 MB
+for three one-hour cameras; tests/bench/test_bench_dispatch.py). :func:`encode_job` cuts
+out only what one re-encode reads: its frames' output times, and for each of its runs the
+window of the source's index that run decodes, renumbered from the window's first sample.
+A task's payload then grows with its own piece's length, never with the job's.
 
 Plain data and pure functions: what a worker does with it is render/encode.py's business.
 """
