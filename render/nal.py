@@ -524,10 +524,9 @@ def classify_sample(codec: str, sample: bytes, length_size: int) -> SampleKind:
     return _classify_hevc(nals)
 
 
-
-#: H.264 NAL types a decoder keeps state from beyond the picture: SPS, PPS, SPS extension,
-#: subset SPS. A sample carrying one is never dropped.
-_H264_PARAMETER_SETS = frozenset({7, 8, 13, 15})
+#: H.264 NAL types a decoder keeps state from beyond the picture. A sample carrying one is
+#: never dropped.
+_H264_PARAMETER_SETS = frozenset({H264_SPS, H264_PPS, H264_SPS_EXT, H264_SUBSET_SPS})
 
 
 def disposable(codec: str, sample: bytes, length_size: int) -> bool:
@@ -547,10 +546,10 @@ def disposable(codec: str, sample: bytes, length_size: int) -> bool:
     slices = 0
     for pos, _ in spans:
         header = sample[pos]
-        kind = header & 0x1F
+        kind = nal_type_h264(sample[pos:pos + 1])
         if kind in _H264_PARAMETER_SETS:
             return False
-        if 1 <= kind <= 5:
+        if H264_SLICE <= kind <= H264_IDR:
             if header & 0x60:  # nal_ref_idc
                 return False
             slices += 1
