@@ -28,7 +28,9 @@ from render.objectstore import ObjectInfo
 from .coordinator import COORDINATOR_NAME, STATUS_NAME, Coordinator
 from .errors import ClusterError, ClusterUnavailableError, JobNotFoundError
 from .jobs import JobState, JobStatus, PiecePlacement
-from .planning import plan_job, prober
+from .planning import plan_job, preflight_job, prober
+from .preflight import Preflight
+from .priority import CONTROL_PLANE_ENV
 from .settings import Settings
 from .status import ChangeBatch, StatusActor
 from .status_cache import Renderer, StatusCache
@@ -37,6 +39,15 @@ from .webhooks import validate_callback_url
 
 log = logging.getLogger("cutfarm.cluster")
 T = TypeVar("T")
+
+#: Ray system settings of a Ray that cutfarm starts itself (`ray start` in the image gets
+#: the same through its environment, docker/Dockerfile). Ray ends a task worker after 1 s
+#: idle once a node runs more workers than its soft limit (its CPU count), and here it
+#: always does: the status actor, the coordinator, the prober, Serve's actors and every
+#: job's concat actor are workers too. Each next piece then waited for a new worker and its
+#: ~2 CPU-s of imports, spent at the API's priority. Idle workers now stay a minute
+#: (measure_status.py with 10 exports running: 25 workers started in 70 s, not 44).
+LOCAL_RAY_SYSTEM_CONFIG: dict[str, Any] = {"idle_worker_killing_time_threshold_ms": 60_000}
 
 
 def ensure_ray(settings: Settings) -> bool:
@@ -48,7 +59,8 @@ def ensure_ray(settings: Settings) -> bool:
     if ray.is_initialized():
         return False
     if settings.ray_address == "local":
-        ray.init(address="local", namespace=settings.namespace)
+        ray.init(address="local", namespace=settings.namespace,
+                 _system_config=LOCAL_RAY_SYSTEM_CONFIG)
         return True
     if settings.ray_address:
         _attach(settings.ray_address, settings.namespace)
@@ -58,7 +70,7 @@ def ensure_ray(settings: Settings) -> bool:
         return False
     except ConnectionError:
         log.info("no Ray cluster running; starting a local one")
-        ray.init(namespace=settings.namespace)
+        ray.init(namespace=settings.namespace, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
         return True
 
 
@@ -100,9 +112,11 @@ class CutfarmCluster:
             settings.export_root.mkdir(parents=True, exist_ok=True)
         status = StatusActor.options(  # type: ignore[attr-defined]
             name=STATUS_NAME, namespace=ns, lifetime="detached", get_if_exists=True,
+            runtime_env=CONTROL_PLANE_ENV,
         ).remote(str(settings.export_root))
         coordinator = Coordinator.options(  # type: ignore[attr-defined]
             name=COORDINATOR_NAME, namespace=ns, lifetime="detached", get_if_exists=True,
+            runtime_env=CONTROL_PLANE_ENV,
         ).remote(settings)
         ray.get(coordinator.configure.remote(settings))
         ray.get(coordinator.start.remote())
@@ -112,10 +126,18 @@ class CutfarmCluster:
     # ------------------------------------------------------------------ async API
 
     async def plan(self, config: dict[str, Any] | ExportConfig) -> Prepared:
-        """Validate and plan without creating a job (preflight)."""
+        """Validate and plan without creating a job: the whole plan, made here (tests,
+        benchmarks; the API asks for ``preflight``)."""
         cfg = config if isinstance(config, ExportConfig) else parse_config(config)
         data = cfg.model_dump(mode="json", by_alias=True)
         return await _unwrap(plan_job(data, self.settings, f"{cfg.id}:preflight"))
+
+    async def preflight(self, config: dict[str, Any] | ExportConfig) -> Preflight:
+        """Validate and plan without creating a job; the plan's summary, made in the
+        prober (cluster/preflight.py)."""
+        cfg = config if isinstance(config, ExportConfig) else parse_config(config)
+        data = cfg.model_dump(mode="json", by_alias=True)
+        return await _unwrap(preflight_job(data, self.settings, f"{cfg.id}:preflight"))
 
     async def submit(self, config: dict[str, Any], *, preflight: bool = True) -> JobStatus:
         """Validate (and probe/plan, unless told not to), then queue; returns at once."""
@@ -128,7 +150,7 @@ class CutfarmCluster:
                 raise ConfigError(f"callbackUrl: {exc}", field="callbackUrl") from exc
         warnings = unknown_field_warnings(cfg)
         if preflight:
-            warnings += (await self.plan(cfg)).warnings
+            warnings += (await self.preflight(cfg)).warnings
         data = cfg.model_dump(mode="json", by_alias=True)
         return await self._written(
             cfg.id, lambda: self._call(lambda: self.coordinator.submit.remote(
@@ -309,6 +331,9 @@ class CutfarmCluster:
 
     def plan_sync(self, config: dict[str, Any]) -> Prepared:
         return _run_sync(self.plan(config))
+
+    def preflight_sync(self, config: dict[str, Any]) -> Preflight:
+        return _run_sync(self.preflight(config))
 
 
 async def _unwrap(awaitable: Awaitable[T]) -> T:

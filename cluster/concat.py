@@ -23,6 +23,7 @@ from render.handoff import handoff_path
 from render.mux import StoredOutput, assemble
 from render.objectstore import ObjectRef, S3Location, is_s3_url
 
+from .priority import at_batch_priority
 from .tasks import PieceResult, _placement, _Reporter
 
 
@@ -149,9 +150,10 @@ class ConcatActor:
                 result.data.tofile(apath)
                 audio = (apath, prep.audio)
             pieces = _RefPieces(list(refs), work, prep.handoffs)
-            size = assemble(prep.plan, prep.sources, pieces, audio, out,
-                            container_format=prep.container_format, timecode=prep.timecode,
-                            params=prep.params, on_bytes=lambda n: report.add(bytes_=n))
+            size = at_batch_priority(lambda: assemble(
+                prep.plan, prep.sources, pieces, audio, out,
+                container_format=prep.container_format, timecode=prep.timecode,
+                params=prep.params, on_bytes=lambda n: report.add(bytes_=n)))
         if isinstance(out, StoredOutput):
             shutil.rmtree(work_root, ignore_errors=True)
         report.finish()

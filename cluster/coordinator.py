@@ -31,6 +31,8 @@ from .errors import AdmissionError
 from .jobs import JobState, JobStatus
 from .metrics import Metrics
 from .planning import plan_job
+from .preflight import estimate_encoded_bytes, estimate_output_bytes
+from .priority import WORKER_ENV
 from .scheduling import AUDIO_MEMORY, CONCAT_MEMORY, piece_tasks
 from .settings import Settings
 from .store import open_store
@@ -43,8 +45,6 @@ COORDINATOR_NAME = "cutfarm-coordinator"
 STATUS_NAME = "cutfarm-status"
 #: A concat actor that dies (its node, its worker) is replaced this many times.
 CONCAT_ATTEMPTS = 3
-#: Rough size of a re-encoded frame relative to the source's average, for disk estimates.
-ENCODED_FRAME_FACTOR = 2.0
 MESSAGE_INTERVAL = 0.5
 RETENTION_CHECK_SECONDS = 600.0
 #: Gauges are set again this often: a value set before the node's metrics agent took the
@@ -68,26 +68,6 @@ class _Run:
     task: asyncio.Task[None] | None = None
     reserved_bytes: int = 0
     cancelled: bool = False
-
-
-def estimate_encoded_bytes(prep: Prepared) -> int:
-    """Re-encoded frames at twice the largest source's mean frame size."""
-    frames = prep.plan.encode_frames
-    if not frames:
-        return 0
-    sizes = [int(s.video.index.size.mean()) for s in prep.sources.values()
-             if s.video.index.count]
-    per_frame = max(sizes) if sizes else 200_000
-    return int(frames * per_frame * ENCODED_FRAME_FACTOR)
-
-
-def estimate_output_bytes(prep: Prepared) -> int:
-    """Copied bytes + re-encoded frames + audio."""
-    plan = prep.plan
-    total = plan.copy_bytes + estimate_encoded_bytes(prep)
-    if prep.audio is not None:
-        total += int(plan.duration * prep.audio.bit_rate / 8)
-    return total + (1 << 20)
 
 
 def failure_message(exc: BaseException) -> str:
@@ -414,14 +394,16 @@ class Coordinator:
         # Each task gets its own piece cut out of the plan, never the whole plan: the
         # job's dispatch cost grows with its segments, not with segments x pieces.
         for t in piece_tasks(prep, job_id):
-            ref = encode_task.options(name=t.name, num_cpus=t.num_cpus, memory=t.memory).remote(
+            ref = encode_task.options(name=t.name, num_cpus=t.num_cpus, memory=t.memory,
+                                      runtime_env=WORKER_ENV).remote(
                 prep.encode_job(t.index), job_id, self.status, work)
             refs[t.index] = encode_refs[t.index] = ref
             run.refs.append(ref)
         audio_ref = None
         audio = prep.audio_job()
         if audio is not None:
-            audio_ref = audio_task.options(name=f"{job_id}:audio", memory=AUDIO_MEMORY).remote(
+            audio_ref = audio_task.options(name=f"{job_id}:audio", memory=AUDIO_MEMORY,
+                                           runtime_env=WORKER_ENV).remote(
                 audio, job_id, self.status)
             run.refs.append(audio_ref)
         messages = asyncio.create_task(self._report_pieces(job_id, plan, encode_refs))
@@ -458,7 +440,7 @@ class Coordinator:
         for attempt in range(1, CONCAT_ATTEMPTS + 1):
             run.concat = ConcatActor.options(  # type: ignore[attr-defined]
                 name=f"cutfarm-concat-{job_id}", namespace=self.settings.namespace,
-                memory=CONCAT_MEMORY,
+                memory=CONCAT_MEMORY, runtime_env=WORKER_ENV,
             ).remote()
             try:
                 size: int = await run.concat.assemble.remote(

@@ -2,9 +2,9 @@
 
 Every media root is a folder every node sees or a bucket, so one probe anywhere sees every
 source: it runs in the prober actor, which stays up so a preflight never waits for a worker
-to start (a task probes instead while the actor is gone). Planning itself is pure
-computation on the probed indexes and runs in the caller (the coordinator, or a replica
-for a preflight) off its event loop.
+to start (a task probes instead while the actor is gone). A job's plan is made in the
+coordinator, off its event loop; a preflight's in the prober, which answers with a summary
+(cluster/preflight.py), so an API replica never spends its CPU on planning.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from render.engine import Prepared, prepare_with
 from render.errors import RenderError
 from render.media import SourceInfo
 
+from .preflight import Preflight, summarize
+from .priority import CONTROL_PLANE_ENV, WORKER_ENV
 from .settings import Settings
-from .tasks import PROBER_CONCURRENCY, PROBER_NAME, Prober, probe_task
+from .tasks import PROBER_CONCURRENCY, PROBER_NAME, Prober, found_sources, probe_task
 
 #: This process's handle on the prober, per namespace (a named-actor lookup per call would
 #: cost a GCS round trip).
@@ -33,7 +35,7 @@ def prober(namespace: str) -> Any:
     if handle is None:
         handle = _probers[namespace] = Prober.options(  # type: ignore[attr-defined]
             name=PROBER_NAME, namespace=namespace, lifetime="detached", get_if_exists=True,
-            max_concurrency=PROBER_CONCURRENCY).remote()
+            max_concurrency=PROBER_CONCURRENCY, runtime_env=CONTROL_PLANE_ENV).remote()
     return handle
 
 
@@ -46,7 +48,14 @@ async def _probe(config: dict[str, Any], roots: list[str], settings: Settings,
     except RayActorError:
         # Killed or restarting: a task probes instead, and the next call finds it anew.
         _probers.pop(settings.namespace, None)
-        return await probe_task.options(name=f"{name}:probe").remote(config, roots)
+        return await probe_task.options(name=f"{name}:probe",
+                                        runtime_env=WORKER_ENV).remote(config, roots)
+
+
+def plan_options(settings: Settings) -> dict[str, Any]:
+    """``prepare_with``'s keyword arguments from the settings."""
+    return {"max_piece_frames": settings.max_piece_frames,
+            "max_piece_bytes": settings.max_piece_bytes, "preset": settings.preset}
 
 
 async def plan_job(config: dict[str, Any], settings: Settings, name: str) -> Prepared:
@@ -54,17 +63,21 @@ async def plan_job(config: dict[str, Any], settings: Settings, name: str) -> Pre
     cfg = parse_config(config)
     roots = [str(p) for p in settings.root_paths]
     found = found_sources(await _probe(config, roots, settings, name))
-    return await asyncio.to_thread(
-        prepare_with, cfg, found, max_piece_frames=settings.max_piece_frames,
-        max_piece_bytes=settings.max_piece_bytes, preset=settings.preset)
+    return await asyncio.to_thread(prepare_with, cfg, found, **plan_options(settings))
 
 
-def found_sources(result: dict[int, SourceInfo | RenderError]) -> dict[int, SourceInfo]:
-    """Every source's info; raises the engine's error for the first one that failed."""
-    out: dict[int, SourceInfo] = {}
-    for i in sorted(result):
-        answer = result[i]
-        if isinstance(answer, RenderError):
-            raise answer
-        out[i] = answer
-    return out
+async def preflight_job(config: dict[str, Any], settings: Settings, name: str) -> Preflight:
+    """``plan_job``'s summary, made in the prober (the plan never travels); raises the
+    engine's error for the first bad source."""
+    roots = [str(p) for p in settings.root_paths]
+    try:
+        answer: Preflight | RenderError = await prober(settings.namespace).preflight.remote(
+            config, roots, plan_options(settings))
+    except RayActorError:
+        # Killed or restarting: plan here from a probe task, as plan_job does.
+        _probers.pop(settings.namespace, None)
+        prep = await plan_job(config, settings, name)
+        return await asyncio.to_thread(summarize, prep)
+    if isinstance(answer, RenderError):
+        raise answer
+    return answer

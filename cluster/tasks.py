@@ -8,24 +8,20 @@ and forget, so a slow status actor never slows the encoders.
 Retries: worker or node death is retried by Ray (``max_retries``); the engine's own errors
 (bad media) are not (``retry_exceptions=False``): they fail the job once, with their message.
 
-Priority: Ray runs every worker at nice 15, Serve's proxy and replicas and our actors
-included, so encoders competed with the API on equal terms. Encoding and audio run in a
-thread of their own at nice 19 (``at_batch_priority``; x264/x265 threads inherit it), so the
-API is served first. Load benchmark, 10 jobs running, 50 status/s and 20 event streams on 2
-cores: status p50 87-220 ms before, 35-39 ms after (two runs each); p99 stayed 1.4-2.3 s.
+Priority (cluster/priority.py): encoding and audio run in a thread at nice 19
+(``at_batch_priority``), so the API and the actors that answer it are served first. Load
+benchmark, 10 jobs running, 50 status/s and 20 event streams on 2 cores: status p50 87-220
+ms before, 35-39 ms after (two runs each).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +30,7 @@ import ray
 from render.audio import render_audio
 from render.config import parse_config
 from render.encode import encode_piece
-from render.engine import probe_source
+from render.engine import prepare_with, probe_source
 from render.errors import RenderError
 from render.handoff import handoff_path
 from render.media import SourceInfo
@@ -43,6 +39,8 @@ from render.piecejob import AudioJob, EncodeJob
 from render.probecache import ProbeCache
 
 from .jobs import PiecePlacement
+from .preflight import Preflight, summarize
+from .priority import at_batch_priority
 
 Bytes = npt.NDArray[np.uint8]
 #: How often a task reports progress to the status actor (it answers every poll too).
@@ -114,36 +112,6 @@ class _Reporter:
                 ray.get(ref, timeout=FINAL_REPORT_SECONDS)
 
 
-#: Nice value of media work (Ray's workers run at 15; 19 is the lowest priority).
-BATCH_NICE = 19
-T = TypeVar("T")
-
-
-def at_batch_priority(work: Callable[[], T]) -> T:
-    """``work()`` in a thread at ``BATCH_NICE``; its result, or its exception re-raised.
-
-    A thread, so the worker's own priority never changes: lowering it cannot be undone
-    without privileges, and a worker later running a preflight probe must not be slow.
-    """
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        with contextlib.suppress(OSError):  # not permitted here: normal priority, still works
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BATCH_NICE)
-        try:
-            box["result"] = work()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="cutfarm-batch", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    result: T = box["result"]
-    return result
-
-
 def _node() -> str:
     return str(ray.get_runtime_context().get_node_id())
 
@@ -192,6 +160,17 @@ class Prober:
               ) -> dict[int, SourceInfo | RenderError]:
         return probe_here(config, roots, self.cache)
 
+    def preflight(self, config: dict[str, Any], roots: list[str],
+                  options: dict[str, Any]) -> Preflight | RenderError:
+        """Probe and plan here and answer with the summary alone (cluster/preflight.py),
+        or the engine's error (as a value, like ``probe``'s). ``options``: prepare_with's
+        keyword arguments."""
+        try:
+            found = found_sources(self.probe(config, roots))
+            return summarize(prepare_with(parse_config(config), found, **options))
+        except RenderError as exc:
+            return exc
+
     def cache_stats(self) -> tuple[int, int]:
         """(hits, misses) of its probe cache."""
         return self.cache.hits, self.cache.misses
@@ -199,7 +178,8 @@ class Prober:
 
 def probe_here(config: dict[str, Any], roots: list[str], cache: ProbeCache | None = None
                ) -> dict[int, SourceInfo | RenderError]:
-    """Each used source's info, or the engine's error for it."""
+    """Each used source's info, or the engine's error for it (``found_sources`` turns it
+    into the infos or raises)."""
     cfg = parse_config(config)
     out: dict[int, SourceInfo | RenderError] = {}
     for i in sorted({s.source_index for s in cfg.segments}):
@@ -207,6 +187,17 @@ def probe_here(config: dict[str, Any], roots: list[str], cache: ProbeCache | Non
             out[i] = probe_source(cfg, i, [media_location(r) for r in roots], cache=cache)
         except RenderError as exc:
             out[i] = exc
+    return out
+
+
+def found_sources(result: dict[int, SourceInfo | RenderError]) -> dict[int, SourceInfo]:
+    """Every source's info; raises the engine's error for the first one that failed."""
+    out: dict[int, SourceInfo] = {}
+    for i in sorted(result):
+        answer = result[i]
+        if isinstance(answer, RenderError):
+            raise answer
+        out[i] = answer
     return out
 
 

@@ -32,7 +32,7 @@ from cluster.api import CutfarmCluster
 from cluster.errors import ClusterError, JobNotFoundError
 from cluster.jobs import JobState, JobStatus
 from cluster.settings import Settings
-from render.config import is_valid_job_id, unknown_field_warnings
+from render.config import is_valid_job_id
 from render.errors import ConfigError, RenderError
 from render.objectstore import content_disposition, presigned_get
 
@@ -159,8 +159,8 @@ async def create_export(request: Request) -> JSONResponse:
 @router.post("/api/export/plan", summary="Preflight: the plan for a config, no job created")
 async def plan_export(request: Request) -> JSONResponse:
     _authorized(request)
-    prep = await _cluster(request).plan(await _read_config(request))
-    return JSONResponse(plan_view(prep))
+    preflight = await _cluster(request).preflight(await _read_config(request))
+    return JSONResponse(preflight.summary)
 
 
 @router.get("/api/export", summary="List jobs in arrival order, by state, a page at a time")
@@ -311,45 +311,3 @@ async def health(request: Request) -> JSONResponse:
 def _sse(data: dict[str, Any], version: int) -> bytes:
     """One event; its id (the status version) lets a reconnect resume after it."""
     return f"id: {version}\nevent: status\ndata: {json.dumps(data)}\n\n".encode()
-
-
-def plan_view(prep: Any) -> dict[str, Any]:
-    """Per segment: exact frames, what is copied and what re-encoded; estimates."""
-    from cluster.coordinator import estimate_output_bytes
-    from render.plan import CopyPiece, EncodePiece
-
-    plan = prep.plan
-    segments: dict[int, dict[str, Any]] = {}
-    for cut in plan.cuts:
-        segments[cut.segment] = {
-            "segment": cut.segment, "sourceIndex": cut.source, "firstFrame": cut.first,
-            "lastFrame": cut.stop - 1, "frames": cut.frames,
-            "sourceStart": float(cut.src_start), "duration": float(cut.duration),
-            "outputStart": float(cut.out_start), "copiedFrames": 0, "reencodedFrames": 0,
-            "copiedBytes": 0}
-    for piece in plan.pieces:
-        seg = segments.get(piece.segment)
-        if seg is None:
-            continue
-        if isinstance(piece, CopyPiece):
-            seg["copiedFrames"] += len(piece.samples(prep.sources[piece.source].video.index))
-            seg["copiedBytes"] += piece.bytes
-        elif isinstance(piece, EncodePiece):
-            seg["reencodedFrames"] += piece.frames
-    fmt = plan.out_format
-    est_seconds = (plan.copy_bytes / 200e6
-                   + plan.encode_frames * fmt.width * fmt.height / 40e6 + 1.0)
-    return {
-        "segments": list(segments.values()),
-        "droppedSegments": list(plan.dropped_segments),
-        "frames": plan.frame_count,
-        "duration": float(plan.duration),
-        "transcode": plan.transcode,
-        "video": {"codec": fmt.codec, "width": fmt.width, "height": fmt.height,
-                  "pixFmt": fmt.pix_fmt, "rotation": fmt.rotation},
-        "copiedBytes": plan.copy_bytes,
-        "reencodedFrames": plan.encode_frames,
-        "estimatedBytes": estimate_output_bytes(prep),
-        "estimatedSeconds": round(est_seconds, 1),
-        "warnings": [*unknown_field_warnings(prep.config), *prep.warnings],
-    }

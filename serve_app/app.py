@@ -14,6 +14,7 @@ from typing import Any
 from ray import serve
 
 from cluster.api import CutfarmCluster
+from cluster.priority import CONTROL_PLANE_ENV
 from cluster.settings import Settings, get_settings
 
 from .api import create_app
@@ -23,7 +24,9 @@ from .ingress import DIRECT_FLAG, allow_rebind_over_time_wait
 MAX_ONGOING_REQUESTS = 100
 
 
-@serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS, health_check_period_s=10)
+# Nice 0 (cluster/priority.py): the replica answers users while media work runs beside it.
+@serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS, health_check_period_s=10,
+                  ray_actor_options={"runtime_env": CONTROL_PLANE_ENV})
 @serve.ingress()
 class ExportAPI:
     def __init__(self, settings: Settings) -> None:
@@ -38,7 +41,8 @@ class ExportAPI:
 
 def build_app(settings: Settings) -> Any:
     """The application for ``settings``."""
-    return ExportAPI.bind(settings)  # type: ignore[attr-defined]
+    return ExportAPI.options(  # type: ignore[attr-defined]
+        logging_config={"enable_access_log": settings.access_log}).bind(settings)
 
 
 #: For ``serve run serve_app.app:app`` and Serve config files: settings from the environment.

@@ -29,6 +29,14 @@ from typing import Any
 
 DIRECT_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
 
+#: Run the API's handlers on the replica's own event loop. By default Serve runs user code
+#: on a second loop in a thread of its own, so every request crosses threads twice; while
+#: exports hold both cores, each crossing waits for the other thread to be scheduled
+#: (measure_status.py, 10 exports, 200 polls/s: p99 683 ms with two loops; 31-412 ms, p50
+#: 1.8-3.6 ms against 7.7 ms, with one). Our handlers never block their loop (slow work
+#: goes to threads), which is what this mode asks of them.
+REPLICA_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+
 
 def direct_ingress_env(port: int) -> dict[str, str]:
     """Environment that makes the API replica itself listen on ``port``."""
@@ -39,6 +47,7 @@ def direct_ingress_env(port: int) -> dict[str, str]:
         # Serve keeps a stopping replica answering for 30 s so that load balancers notice;
         # with one replica on its own port nobody needs that, and `serve` should stop fast.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        **REPLICA_LOOP_ENV,
     }
 
 

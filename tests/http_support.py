@@ -16,6 +16,7 @@ import httpx
 import ray
 from ray import serve
 
+from cluster.api import LOCAL_RAY_SYSTEM_CONFIG
 from cluster.settings import MediaRoot, Settings
 from serve_app.ingress import ingress_environment
 from tests.cluster_support import new_namespace
@@ -77,7 +78,8 @@ def _running_api(root: Path, port: int, ingress: str, **settings: Any) -> Iterat
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     settings.setdefault("media_roots", (MediaRoot(root),))
     s = Settings(namespace=new_namespace(), port=port, **settings)
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             _system_config=LOCAL_RAY_SYSTEM_CONFIG)
     try:
         proxy_port = free_port() if ingress == "direct" else port
         serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})

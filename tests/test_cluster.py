@@ -8,6 +8,7 @@ own namespace, so its coordinator and status actors (and settings) are its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,11 +20,13 @@ from pathlib import Path
 import pytest
 import ray
 from ray.cluster_utils import Cluster
-from ray.util.state import list_tasks
+from ray.util.state import list_actors, list_tasks
 
 from cluster.coordinator import STATUS_NAME
 from cluster.errors import JobConflictError, JobNotFoundError
 from cluster.jobs import JobState
+from cluster.planning import prober
+from cluster.priority import WORKER_NICE
 from cluster.settings import MediaRoot
 from render.errors import CorruptMediaError, SourceNotFoundError
 from render.plan import EncodePiece
@@ -175,6 +178,64 @@ def test_bad_media_is_refused_at_submit_and_fails_a_job_once(nodes: Nodes, media
         assert wait_terminal(client, good.job_id).status == JobState.COMPLETED
         job_dir = media_root.root / "exports" / "export-bad"
         assert sorted(p.name for p in job_dir.iterdir()) == ["config.json", "status.json"]
+    finally:
+        shutdown_actors(client)
+
+
+def test_a_preflight_is_the_plan_summarized_in_the_prober_or_here_when_it_is_gone(
+        nodes: Nodes, media_root: Media) -> None:
+    """The prober plans a preflight and sends back the summary alone; killed, the caller
+    probes with a task and plans itself, with the same answer, errors included."""
+    client = connect((MediaRoot(media_root.root),))
+    try:
+        files = ["h264_a.mp4", "h264_b.mp4"]
+        cfg = config("export-preflight", files, MULTICAM)
+        prep = client.plan_sync(cfg)
+        want = [(c.source, c.first, c.stop - 1) for c in prep.plan.cuts]
+        for attempt in ("prober", "after a kill"):
+            summary = client.preflight_sync(cfg).summary
+            got = [(s["sourceIndex"], s["firstFrame"], s["lastFrame"])
+                   for s in summary["segments"]]
+            assert got == want, attempt
+            assert summary["frames"] == prep.plan.frame_count
+            assert summary["reencodedFrames"] == prep.plan.encode_frames > 0
+            assert summary["copiedBytes"] == prep.plan.copy_bytes > 0
+            with pytest.raises(SourceNotFoundError):
+                client.preflight_sync(config("export-missing", ["nope.mp4"], [(0, 0, 1)]))
+            ray.kill(prober(client.settings.namespace), no_restart=True)
+        assert client.submit_sync(cfg).status == JobState.PENDING
+        assert wait_terminal(client, "export-preflight").status == JobState.COMPLETED
+    finally:
+        shutdown_actors(client)
+
+
+def test_the_control_plane_runs_at_nice_0_and_media_work_below_it(
+        nodes: Nodes, media_root: Media) -> None:
+    """cluster/priority.py: status actor, coordinator and prober start at nice 0; what the
+    coordinator starts for a job (concat actor, piece workers) does not inherit that and
+    stays at Ray's 15, its media threads at 19."""
+    client = connect((MediaRoot(media_root.root),))
+    try:
+        ns = client.settings.namespace
+        ray.get(prober(ns).cache_stats.remote())  # started by connect, perhaps not yet up
+        control = {a.class_name: a.pid for a in list_actors(
+            filters=[("ray_namespace", "=", ns), ("state", "=", "ALIVE")])}
+        for name in ("StatusActor", "Coordinator", "Prober"):
+            assert os.getpriority(os.PRIO_PROCESS, control[name]) == 0, name
+        client.submit_sync(config("export-nice", ["h264_a.mp4", "h264_b.mp4"], MULTICAM))
+        seen: dict[str, int] = {}
+        deadline = time.monotonic() + 120
+        while client.get_sync("export-nice").status != JobState.COMPLETED:
+            assert time.monotonic() < deadline
+            for a in list_actors(filters=[("ray_namespace", "=", ns), ("state", "=", "ALIVE"),
+                                          ("class_name", "=", "ConcatActor")]):
+                with contextlib.suppress(OSError):
+                    seen["concat"] = os.getpriority(os.PRIO_PROCESS, a.pid)
+            for t in list_tasks(filters=[("state", "=", "RUNNING")]):
+                if t.name.startswith("export-nice:") and t.worker_pid:
+                    with contextlib.suppress(OSError):
+                        seen[t.name] = os.getpriority(os.PRIO_PROCESS, t.worker_pid)
+        assert "concat" in seen and set(seen.values()) == {WORKER_NICE}, seen
     finally:
         shutdown_actors(client)
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from ray.exceptions import RayActorError
 
-from cluster.coordinator import cut_groups, estimate_output_bytes, failure_message, progress_message
+from cluster.coordinator import cut_groups, failure_message, progress_message
 from cluster.errors import AdmissionError, JobConflictError, JobNotFoundError
 from cluster.jobs import JobState, PiecePlacement, config_hash
+from cluster.preflight import estimate_output_bytes
 from cluster.scheduling import encode_memory, piece_tasks
 from cluster.settings import MediaRoot, Settings, SettingsError, parse_media_roots, to_env
 from cluster.status import StatusBook
@@ -65,8 +66,10 @@ def test_config_hash_ignores_status_only() -> None:
 
 def test_settings_from_env_and_back() -> None:
     env = {"CUTFARM_MEDIA_ROOTS": "/data/media,/mnt/cam", "CUTFARM_PORT": "9000",
-           "CUTFARM_API_TOKEN": "t", "CUTFARM_CORS_ORIGINS": "https://a, https://b"}
+           "CUTFARM_API_TOKEN": "t", "CUTFARM_CORS_ORIGINS": "https://a, https://b",
+           "CUTFARM_ACCESS_LOG": "1"}
     s = Settings.from_env(env)
+    assert s.access_log and not Settings.from_env({}).access_log
     assert s.media_roots == (MediaRoot(Path("/data/media")), MediaRoot(Path("/mnt/cam")))
     assert s.port == 9000 and s.token == "t" and s.cors_origins == ("https://a",
                                                                         "https://b")
@@ -218,7 +221,7 @@ def test_media_work_runs_at_batch_priority_in_a_thread_of_its_own() -> None:
     import os
     import threading
 
-    from cluster.tasks import BATCH_NICE, at_batch_priority
+    from cluster.priority import BATCH_NICE, at_batch_priority
 
     before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     seen = at_batch_priority(lambda: os.getpriority(os.PRIO_PROCESS,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -567,3 +568,33 @@ async def _eventually(check: Any, timeout: float) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.05)
+
+
+def test_the_api_replica_runs_at_nice_0(api: Api, client: httpx.Client) -> None:
+    """cluster/priority.py: the replica answering users is not at Ray's worker nice 15."""
+    assert client.get("/api/health").status_code == 200
+    # Its process, found by the title Ray gives it (no dashboard here for the state API).
+    replicas = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                and _cmdline(p).startswith(b"ray::ServeReplica:cutfarm:ExportAPI")
+                and _descends_from(int(p.name), os.getpid())]
+    assert replicas
+    for pid in replicas:
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 0
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        try:
+            pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid == ancestor:
+            return True
+    return False
