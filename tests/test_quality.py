@@ -35,6 +35,7 @@ import numpy.typing as npt
 import pytest
 
 from render.config import parse_config
+from render.encode import MATCHED_PRESET, MATCHED_X264_SPEED
 from render.engine import Prepared, execute, prepare
 from tests import mediagen as mg
 from tests.verify import (
@@ -209,7 +210,7 @@ def export(media: QualityMedia, name: str, out: Path) -> Prepared:
 
 def encoder_text(prep: Prepared) -> str:
     """The settings the engine re-encoded with, for the failure message."""
-    fields = ("encoder", "crf", "preset", "bframes", "pix_fmt")
+    fields = ("encoder", "crf", "preset", "params", "bframes", "pix_fmt")
     seen = {tuple(getattr(s, f, "?") for f in fields) for s in prep.settings.values()}
     return "; ".join(", ".join(f"{k}={v}" for k, v in zip(fields, s, strict=True))
                      for s in sorted(seen, key=str))
@@ -242,6 +243,9 @@ def test_reencoded_frames_keep_the_psnr_floor(quality_media: QualityMedia, tmp_p
     print(f"\n{text}\n  encoder: {encoder_text(prep)}")
     encoded = [r for r in rows if r.kind != "copy"]
     copied = [r for r in rows if r.kind == "copy"]
+    # Measured on what ships: the engine's own matched settings, speed parameters included.
+    speed = MATCHED_X264_SPEED if CASES[name].codec == "h264" else ""
+    assert {(s.preset, s.params) for s in prep.settings.values()} == {(MATCHED_PRESET, speed)}
     assert {r.kind for r in encoded} == REENCODE_KINDS, "the cuts must make every kind"
     assert copied, "the plan must copy a GOP"
     assert all(math.isinf(r.psnr) for r in copied), [r for r in copied if math.isfinite(r.psnr)]
@@ -254,6 +258,21 @@ def test_reencoded_frames_keep_the_psnr_floor(quality_media: QualityMedia, tmp_p
         + ", ".join(f"out {r.out_frame} ({r.kind}) {r.psnr:.2f}"
                     for r in sorted(below, key=lambda r: r.psnr)[:5])
     )
+
+
+def test_a_named_preset_is_used_as_named(quality_media: QualityMedia) -> None:
+    """``CUTFARM_PRESET``/``--preset``: that preset alone, without the engine's speed
+    parameters on top (they would override part of what the user chose)."""
+    quality_media.path("h264-stamped")
+    cfg = parse_config({"version": 1, "id": "quality-preset", "projectName": "quality",
+                        "sources": [{"filePath": "h264-stamped.mp4"}],
+                        "segments": [{"sourceIndex": 0, "startTime": 0.5, "endTime": 2.7}],
+                        "output": {"format": "mp4", "codec": "copy", "includeAudio": False}})
+    named = prepare(cfg, [quality_media.root], preset="slow")
+    assert {(s.preset, s.params) for s in named.settings.values()} == {("slow", "")}
+    default = prepare(cfg, [quality_media.root])
+    assert {(s.preset, s.params) for s in default.settings.values()} == {
+        (MATCHED_PRESET, MATCHED_X264_SPEED)}
 
 
 def test_psnr_of_known_errors() -> None:
