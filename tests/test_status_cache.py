@@ -7,6 +7,7 @@ The feed (``StatusBook.changes``) is driven directly; the cache (``StatusCache``
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -18,7 +19,7 @@ from cluster import status as status_module
 from cluster.errors import ClusterUnavailableError, JobNotFoundError
 from cluster.jobs import JobState, JobStatus
 from cluster.status import ChangeBatch, StatusBook
-from cluster.status_cache import StatusCache
+from cluster.status_cache import EVENT_MIN_INTERVAL, StatusCache
 from cluster.store import JobStore
 
 CFG = {"version": 1, "id": "x", "sources": [], "segments": []}
@@ -355,6 +356,49 @@ def test_streams_see_every_state_in_order_and_wait_on_memory(tmp_path: Path) -> 
             versions = [s.version for s in seen if s is not None]
             assert versions == sorted(versions)
             assert source.calls["wait_change"] == 0  # waited on memory, not the actor
+        finally:
+            cache.stop()
+
+    run(body)
+
+
+def test_streams_merge_progress_ticks_but_keep_every_state(tmp_path: Path) -> None:
+    """Progress every 20 ms for 1.5 s: a stream sends at most one event per
+    EVENT_MIN_INTERVAL (the feed alone would bring ~30), yet every state and the last
+    progress arrive."""
+    async def body() -> None:
+        book = new_book(tmp_path)
+        source = BookSource(book)
+        book.create("export-1", CFG, 0)
+        book.update("export-1", status=JobState.PROCESSING, stage="rendering",
+                    bytes_total=1000, pixels_per_frame=1)
+        cache = StatusCache(source, poll_timeout=0.05, live_window=0.5, min_interval=0.02)
+        cache.start()
+        try:
+            await eventually(lambda: cache.live)
+            first = await cache.get("export-1")
+            seen: list[JobStatus] = []
+
+            async def follow() -> None:
+                async for status in cache.follow(first, keepalive=5.0):
+                    if status is not None:
+                        seen.append(status)
+
+            task = asyncio.create_task(follow())
+            start = time.monotonic()
+            for i in range(75):
+                book.report_work("export-1", "piece-0", bytes_=10 * (i + 1))  # a running total
+                if i == 40:
+                    book.update("export-1", stage="assembling")
+                await asyncio.sleep(0.02)
+            book.update("export-1", status=JobState.COMPLETED, stage="done")
+            await asyncio.wait_for(task, 5)
+            elapsed = time.monotonic() - start
+            assert len(seen) <= elapsed / EVENT_MIN_INTERVAL + 3, (len(seen), elapsed)
+            stages = [s.stage for s in seen]
+            assert "assembling" in stages and stages[-1] == "done"
+            assert seen[-1].bytes_done == 750
+            assert [s.version for s in seen] == sorted({s.version for s in seen})
         finally:
             cache.stop()
 
