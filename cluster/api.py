@@ -41,12 +41,11 @@ log = logging.getLogger("cutfarm.cluster")
 T = TypeVar("T")
 
 #: Ray system settings of a Ray that cutfarm starts itself (`ray start` in the image gets
-#: the same through its environment, docker/Dockerfile). Ray ends a task worker after 1 s
-#: idle once a node runs more workers than its soft limit (its CPU count), and here it
-#: always does: the status actor, the coordinator, the prober, Serve's actors and every
-#: job's concat actor are workers too. Each next piece then waited for a new worker and its
-#: ~2 CPU-s of imports, spent at the API's priority. Idle workers now stay a minute
-#: (measure_status.py with 10 exports running: 25 workers started in 70 s, not 44).
+#: the same through its environment, docker/Dockerfile). Ray ends a task worker that has
+#: been idle for ``idle_worker_killing_time_threshold_ms`` (1 s) when the node holds more
+#: workers than it keeps warm, which counts our actors and Serve's; pieces then kept
+#: waiting for new workers, each ~2 CPU-s of imports. Idle workers now stay a minute
+#: (measure_status.py with 10 exports running: 25 worker processes started in 70 s, not 44).
 LOCAL_RAY_SYSTEM_CONFIG: dict[str, Any] = {"idle_worker_killing_time_threshold_ms": 60_000}
 
 

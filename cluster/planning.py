@@ -73,14 +73,18 @@ async def preflight_job(config: dict[str, Any], settings: Settings, name: str) -
     """``plan_job``'s summary, made in the prober (the plan never travels); raises the
     engine's error for the first bad source."""
     roots = [str(p) for p in settings.root_paths]
-    try:
-        answer: Preflight | RenderError = await prober(settings.namespace).preflight.remote(
-            config, roots, plan_options(settings))
-    except RayActorError:
-        # Killed or restarting: plan here from a probe task, as plan_job does.
-        _probers.pop(settings.namespace, None)
-        prep = await plan_job(config, settings, name)
-        return await asyncio.to_thread(summarize, prep)
-    if isinstance(answer, RenderError):
-        raise answer
-    return answer
+    # A detached prober started by an older cutfarm outlives an upgrade and has no method.
+    method = getattr(prober(settings.namespace), "preflight", None)
+    if method is not None:
+        try:
+            answer: Preflight | RenderError = await method.remote(
+                config, roots, plan_options(settings))
+        except RayActorError:
+            _probers.pop(settings.namespace, None)  # killed or restarting
+        else:
+            if isinstance(answer, RenderError):
+                raise answer
+            return answer
+    # No prober to plan in: plan here from a probe (a task's, if the prober is gone).
+    prep = await plan_job(config, settings, name)
+    return await asyncio.to_thread(summarize, prep)
