@@ -14,10 +14,11 @@ So:
 - every task and actor the control plane starts gets ``WORKER_ENV``, Ray's default, said
   out loud: runtime environments are inherited, and a piece must not inherit nice 0;
 - media work runs in a thread at ``BATCH_NICE`` (``at_batch_priority``; x264/x265 and
-  decoder threads inherit it): encoding, audio and the concat actor's assembly.
+  decoder threads inherit it): encoding, audio, the concat actor's assembly and the
+  coordinator's planning of a job it starts.
 
-Raising a worker above 15 needs no privilege: the worker is started there. Lowering a thread
-to 19 never needs one.
+Neither needs a privilege: a control-plane worker is started at 0 rather than lowered to
+it, and a thread may always lower its own priority to 19.
 """
 
 from __future__ import annotations
