@@ -213,7 +213,7 @@ def test_the_control_plane_runs_at_nice_0_and_media_work_below_it(
         nodes: Nodes, media_root: Media) -> None:
     """cluster/priority.py: status actor, coordinator and prober start at nice 0; what the
     coordinator starts for a job (concat actor, piece workers) does not inherit that and
-    stays at Ray's 15, its media threads at 19."""
+    stays at Ray's 15 (their media threads at 19: test_cluster_logic)."""
     client = connect((MediaRoot(media_root.root),))
     try:
         ns = client.settings.namespace
