@@ -21,6 +21,7 @@ from cluster.jobs import JobState, JobStatus
 from tests import mediagen as mg
 from tests.conftest import MediaRoot as Media
 from tests.http_support import Api, poll, running_api
+from tests.procs import descendants
 
 FILES = ["h264_a.mp4", "h264_b.mp4", "notes.mp4", "truncated.mp4", "h264_640.mp4"]
 MULTICAM = [(0, 0.4, 2.5), (1, 2.5, 4.1), (0, 4.1, 5.55)]
@@ -574,27 +575,15 @@ def test_the_api_replica_runs_at_nice_0(api: Api, client: httpx.Client) -> None:
     """cluster/priority.py: the replica answering users is not at Ray's worker nice 15."""
     assert client.get("/api/health").status_code == 200
     # Its process, found by the title Ray gives it (no dashboard here for the state API).
-    replicas = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-                and _cmdline(p).startswith(b"ray::ServeReplica:cutfarm:ExportAPI")
-                and _descends_from(int(p.name), os.getpid())]
+    replicas = [pid for pid in descendants(os.getpid())
+                if _cmdline(pid).startswith(b"ray::ServeReplica:cutfarm:ExportAPI")]
     assert replicas
     for pid in replicas:
         assert os.getpriority(os.PRIO_PROCESS, pid) == 0
 
 
-def _cmdline(proc: Path) -> bytes:
+def _cmdline(pid: int) -> bytes:
     try:
-        return (proc / "cmdline").read_bytes()
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
     except OSError:
         return b""
-
-
-def _descends_from(pid: int, ancestor: int) -> bool:
-    while pid > 1:
-        try:
-            pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return False
-        if pid == ancestor:
-            return True
-    return False

@@ -40,36 +40,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _mine(pid: int) -> bool:
-    """A descendant of this process (other agents run their own Ray clusters)."""
-    me = os.getpid()
-    while pid > 1:
-        pid = _parent(pid)
-        if pid == me:
-            return True
-    return False
-
-
 def ray_processes() -> dict[str, list[int]]:
+    """This process's own Ray processes by kind (other agents run Ray clusters too)."""
+    from tests.procs import descendants  # main() has put the repository on sys.path
+
     found: dict[str, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or not _mine(int(entry.name)):
-            continue
+    for pid in descendants(os.getpid()):
         try:
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(
+                errors="replace")
         except OSError:
             continue
         for prefix in ("ray::ServeReplica", "ray::StatusActor", "ray::ProxyActor",
                        "ray::Coordinator"):
             if cmd.startswith(prefix):
-                found.setdefault(prefix[5:], []).append(int(entry.name))
+                found.setdefault(prefix[5:], []).append(pid)
     return found
 
 
@@ -183,8 +168,8 @@ async def load(base: str, ids: list[str], rate: float, seconds: float, streams: 
             t.cancel()
     lat.sort()
 
-    if os.environ.get('MEASURE_DUMP'):
-        Path(os.environ['MEASURE_DUMP']).write_text(json.dumps(stamps))
+    if os.environ.get("MEASURE_DUMP"):
+        Path(os.environ["MEASURE_DUMP"]).write_text(json.dumps(stamps))
 
     def pct(q: float) -> float:
         return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else float("nan")
