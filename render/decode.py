@@ -3,6 +3,11 @@
 The sample index (offsets, sizes, pts) comes from the MP4 tables, so decoding starts at a
 known random-access sample and feeds exactly the samples the plan names: no demuxer seek
 that might land elsewhere, and every decoded frame maps back to its display index by pts.
+
+Before the first wanted frame, only what the wanted frames depend on is decoded for real:
+non-reference pictures are left out, and H.264 reference pictures that nothing decoded
+uses go to the decoder as stand-ins, all of whose macroblocks are skipped (a few small
+reads of slice headers decide which; render/avcrefs.py says why this is exact).
 """
 
 from __future__ import annotations
@@ -14,12 +19,22 @@ from typing import Any
 import av
 import numpy as np
 
+from . import avcrefs
 from .errors import CorruptMediaError
 from .media import SourceInfo
-from .nal import disposable
+from .nal import NalError, disposable, parse_avcc
 from .plan import EncodeRun
 from .sidedata import new_extradata
 from .sourcefile import read_samples
+
+#: Pictures read ahead past the first wanted one when deciding which earlier reference
+#: pictures anything decoded will use (render/avcrefs.py); their headers only.
+LOOKAHEAD = 32
+#: Bytes read for a sample's first NAL units, and for each later one's header.
+HEAD_BYTES = 4096
+MORE_BYTES = 512
+#: Slices per picture followed one read each; beyond, every earlier picture counts as used.
+MAX_SLICE_READS = 16
 
 
 def source_samples(src: SourceInfo, decs: Iterable[int]) -> Generator[bytes, None, None]:
@@ -63,9 +78,11 @@ def decode_run(src: SourceInfo, run: EncodeRun, *,
     j = 0
     current = src.video.record_of(run.decode_from)
     # Pictures shown before the first wanted frame matter only as references: those that
-    # are none need no decoding (at a cut in mid-GOP, most of the B-frames before it).
+    # are none need no decoding (at a cut in mid-GOP, most of the B-frames before it), and
+    # reference pictures nothing decoded uses are decoded as cheap stand-ins.
     first_wanted = int(wanted.min()) if len(wanted) else 0
     codec, length_size = src.video.format.codec, src.video.nal_length_size
+    dropped, stand_ins = unused_references(src, run, first_wanted)
     ctx = open_decoder(src, current, threads)
     try:
         with contextlib.closing(source_samples(src, range(run.decode_from, run.decode_to))
@@ -73,10 +90,12 @@ def decode_run(src: SourceInfo, run: EncodeRun, *,
             for dec, data in zip(range(run.decode_from, run.decode_to), samples, strict=True):
                 if tee is not None:
                     tee(dec, data)
-                if (int(index.disp_of_dec[dec]) < first_wanted
-                        and disposable(codec, data, length_size)):
+                if dec in dropped or (int(index.disp_of_dec[dec]) < first_wanted
+                                      and disposable(codec, data, length_size)):
                     continue
-                packet = av.Packet(data)
+                picture = stand_ins.get(dec)
+                packet = av.Packet(data if picture is None else _stand_in(data, length_size,
+                                                                          picture))
                 record = src.video.record_of(dec)
                 if record != current:  # the source switches parameter sets here
                     new_extradata(record).to_packet(packet)
@@ -102,6 +121,74 @@ def decode_run(src: SourceInfo, run: EncodeRun, *,
             f"source file {src.name!r}: frame {missing} could not be decoded "
             "(the file is damaged around that point)"
         )
+
+
+def unused_references(src: SourceInfo, run: EncodeRun, first_wanted: int
+                      ) -> tuple[frozenset[int], dict[int, avcrefs.Picture]]:
+    """Decode numbers before the first wanted frame that need no decoding: pictures to
+    leave out, and reference pictures to decode as stand-ins (render/avcrefs.py). Nothing
+    when the stream uses what that model leaves out."""
+    if src.video.format.codec != "h264":
+        return frozenset(), {}
+    disp = src.video.index.disp_of_dec
+    frontier = next((d for d in range(run.decode_from, run.decode_to)
+                     if int(disp[d]) >= first_wanted), run.decode_to)
+    if frontier == run.decode_from:
+        return frozenset(), {}
+    end = min(run.decode_to, frontier + LOOKAHEAD)
+    record = src.video.record_of(run.decode_from)
+    if any(src.video.record_of(d) != record for d in range(run.decode_from, end)):
+        return frozenset(), {}
+    try:
+        sps, pps = avcrefs.picture_maps(parse_avcc(record).parameter_sets)
+        pictures = [avcrefs.parse_picture(units, reached_all, sps, pps)
+                    for units, reached_all in _nal_heads(src, range(run.decode_from, end))]
+        need = avcrefs.needed(pictures, frontier - run.decode_from, end == run.decode_to)
+    except (avcrefs.Unmodelled, NalError):
+        return frozenset(), {}
+    dropped: set[int] = set()
+    stand_ins: dict[int, avcrefs.Picture] = {}
+    for i, picture in enumerate(pictures[:frontier - run.decode_from]):
+        if i in need or picture is None:
+            continue
+        if not picture.header.ref_idc:
+            dropped.add(run.decode_from + i)
+        elif picture.header.slice_type != 2:
+            stand_ins[run.decode_from + i] = picture
+    return frozenset(dropped), stand_ins
+
+
+def _nal_heads(src: SourceInfo, decs: range) -> list[tuple[list[avcrefs.NalHead], bool]]:
+    """Each sample's NAL unit heads, found with a few small reads per sample."""
+    offset, size = src.video.offset, src.video.index.size
+    length_size = src.video.nal_length_size
+    heads: list[tuple[list[avcrefs.NalHead], bool]] = [([], False) for _ in decs]
+    todo = {i: 0 for i in range(len(decs))}
+    for round_ in range(MAX_SLICE_READS):
+        if not todo:
+            break
+        want = HEAD_BYTES if round_ == 0 else MORE_BYTES
+        order = sorted(todo)
+        spans = [(int(offset[decs[i]]) + todo[i], min(int(size[decs[i]]) - todo[i], want))
+                 for i in order]
+        with contextlib.closing(read_samples(src.file, spans)) as chunks:
+            for i, chunk in zip(order, chunks, strict=True):
+                units, more = avcrefs.nal_heads(chunk, length_size, todo[i],
+                                                int(size[decs[i]]))
+                heads[i][0].extend(units)
+                if more is None:
+                    heads[i] = (heads[i][0], True)
+                    del todo[i]
+                else:
+                    todo[i] = more
+    return heads
+
+
+def _stand_in(data: bytes, length_size: int, picture: avcrefs.Picture) -> bytes:
+    try:
+        return avcrefs.stand_in(data, length_size, picture)
+    except (avcrefs.Unmodelled, NalError):
+        return data  # decoded for real: slower, never wrong
 
 
 def _close(ctx: av.VideoCodecContext) -> None:

@@ -362,6 +362,11 @@ class AvcSps:
     log2_max_poc_lsb: int
     delta_pic_order_always_zero: bool
     frame_mbs_only: bool
+    #: What a decoder's picture buffer and a whole-picture slice need (render/avcrefs.py).
+    max_num_ref_frames: int = 0
+    gaps_in_frame_num_allowed: bool = False
+    width_in_mbs: int = 0
+    height_in_map_units: int = 0
 
     @property
     def chroma_array_type(self) -> int:
@@ -380,6 +385,7 @@ class AvcPps:
     weighted_bipred_idc: int = 0
     deblocking_filter_control_present: bool = False
     redundant_pic_cnt_present: bool = False
+    pic_init_qp: int = 26
 
 
 def _skip_avc_scaling_list(r: BitReader, size: int) -> None:
@@ -416,14 +422,13 @@ def parse_avc_sps(nal: bytes) -> AvcSps:
         r.se()
         for _ in range(r.ue()):
             r.se()
-    r.ue()  # max_num_ref_frames
-    r.u(1)  # gaps_in_frame_num_value_allowed_flag
-    r.ue()
-    r.ue()
+    max_refs = r.ue()
+    gaps = r.flag()
+    width, height = r.ue() + 1, r.ue() + 1
     frame_mbs_only = r.flag()
     return AvcSps(sps_id, profile, constraints, level, chroma, separate, depth_luma,
                   depth_chroma, log2_max_frame_num, poc_type, log2_max_poc_lsb, always_zero,
-                  frame_mbs_only)
+                  frame_mbs_only, max_refs, gaps, width, height)
 
 
 def parse_avc_pps(nal: bytes) -> AvcPps:
@@ -438,14 +443,14 @@ def parse_avc_pps(nal: bytes) -> AvcPps:
         return AvcPps(pps_id, sps_id, entropy, bottom, groups)
     refs = (r.ue() + 1, r.ue() + 1)
     weighted, bipred = r.flag(), r.u(2)
-    r.se()
+    init_qp = 26 + r.se()
     r.se()
     r.se()
     deblocking = r.flag()
     r.u(1)  # constrained_intra_pred_flag
     redundant = r.flag()
     return AvcPps(pps_id, sps_id, entropy, bottom, groups, refs, weighted, bipred, deblocking,
-                  redundant)
+                  redundant, init_qp)
 
 
 # --------------------------------------------------------------------------- HEVC sets
