@@ -102,8 +102,9 @@ class EncoderSettings:
 #: (tests/test_quality.py, tests/bench/test_bench_quality.py, test_bench_4k.py). CRF 16/18,
 #: the earlier choice, fell to 37-40 dB there. The cost: re-encoded frames take about 1.5
 #: to three times the camera's bitrate, and they are a few percent of an export's frames.
-MATCHED_CRF = {"h264": 8, "hevc": 8}
-#: x264/x265 presets unless the caller names one. Re-encodes around cuts are a GOP at most:
+MATCHED_CRF = {"h264": 7, "hevc": 8}
+#: x265's preset for matched re-encodes unless the caller names one (x264's follows below;
+#: this was x264's too and is how it was chosen). Re-encodes around cuts are a GOP at most:
 #: on 4K frames at 185 Mbit/s, x264 "veryfast" at CRF 8 took 0.29 CPU-s a frame for 47.6 dB
 #: (289 Mbit/s), where "fast" at CRF 10 took 0.72 s for 47.4 dB and held a 30-frame
 #: lookahead (1.2 GB per encoder at 4K, 0.6 GB at veryfast's 10). "superfast" needs CRF 7
@@ -112,15 +113,18 @@ MATCHED_CRF = {"h264": 8, "hevc": 8}
 #: "fast".
 MATCHED_PRESET = "veryfast"
 TRANSCODE_PRESET = "fast"
-#: On top of "veryfast" for matched H.264 re-encodes (unless a preset is named): CAVLC
-#: instead of CABAC, diamond motion search, subpel refinement 1. Near-lossless frames are
-#: mostly residual, and CABAC coding that many bits was a third of x264's time. A 58-frame
-#: head piece of the 4K bench (2 threads, decoding included): 0.37-0.42 CPU-s a frame and
-#: 72.5 MB -> 0.27 s and 100.8 MB (CAVLC and diamond search alone: 0.30 s, 87.8 MB); PSNR
-#: min of the bench's 566 re-encoded frames 49.2 -> 49.4 dB; tests/test_quality.py's
-#: detailed footage keeps min 45.5 dB. The price is size: re-encoded frames (3.5 % of the
-#: bench's frames) take ~40 % more bytes, +7 % on that export's output.
-MATCHED_X264_SPEED = "cabac=0:me=dia:subme=1"
+#: Matched H.264 re-encodes (unless a preset is named): "ultrafast" with subpel refinement
+#: 1, at CRF 7. Near-lossless frames are mostly residual: CAVLC instead of CABAC (CABAC
+#: coding that many bits was a third of x264's time), no partition or rate lookahead
+#: analysis, no deblocking (at CRF 7 it smooths nothing). Single-threaded x264 on frames of
+#: the 4K bench, against "veryfast" with CAVLC, diamond search and subme 1 at CRF 8 (the
+#: previous choice): 0.109 -> 0.083 CPU-s a frame, PSNR min 50.2 -> 52.6 dB, 415 -> 552
+#: Mbit/s; on 720p detailed, noisy footage (tests/test_quality.py's kind) 15.4 -> 9.3 ms,
+#: min 45.7 -> 47.1 dB, 80.7 -> 88.2 Mbit/s. Without subme 1 the size grows a further 20 %;
+#: at CRF 8 the detailed footage falls to 45.4 dB. The price is size: re-encoded frames
+#: are a few percent of an export's, and take about three times a camera's bitrate.
+MATCHED_X264_PRESET = "ultrafast"
+MATCHED_X264_SPEED = "subme=1"
 
 
 def matched_settings(src: SourceInfo, *, crf: int | None = None, preset: str | None = None) -> (
@@ -137,7 +141,7 @@ def matched_settings(src: SourceInfo, *, crf: int | None = None, preset: str | N
         pix_fmt=v.format.pix_fmt,
         bframes=min(ENCODER_MAX_BFRAMES, v.index.reorder_depth),
         crf=crf if crf is not None else MATCHED_CRF[codec],
-        preset=preset or MATCHED_PRESET,
+        preset=preset or (MATCHED_X264_PRESET if codec == "h264" else MATCHED_PRESET),
         params=MATCHED_X264_SPEED if codec == "h264" and preset is None else "",
         sample_aspect_ratio=v.sample_aspect_ratio,
         color_primaries=v.color_primaries,

@@ -35,7 +35,7 @@ import numpy.typing as npt
 import pytest
 
 from render.config import parse_config
-from render.encode import MATCHED_PRESET, MATCHED_X264_SPEED
+from render.encode import MATCHED_PRESET, MATCHED_X264_PRESET, MATCHED_X264_SPEED
 from render.engine import Prepared, execute, prepare
 from tests import mediagen as mg
 from tests.verify import (
@@ -244,8 +244,9 @@ def test_reencoded_frames_keep_the_psnr_floor(quality_media: QualityMedia, tmp_p
     encoded = [r for r in rows if r.kind != "copy"]
     copied = [r for r in rows if r.kind == "copy"]
     # Measured on what ships: the engine's own matched settings, speed parameters included.
-    speed = MATCHED_X264_SPEED if CASES[name].codec == "h264" else ""
-    assert {(s.preset, s.params) for s in prep.settings.values()} == {(MATCHED_PRESET, speed)}
+    shipped = ((MATCHED_X264_PRESET, MATCHED_X264_SPEED) if CASES[name].codec == "h264"
+               else (MATCHED_PRESET, ""))
+    assert {(s.preset, s.params) for s in prep.settings.values()} == {shipped}
     assert {r.kind for r in encoded} == REENCODE_KINDS, "the cuts must make every kind"
     assert copied, "the plan must copy a GOP"
     assert all(math.isinf(r.psnr) for r in copied), [r for r in copied if math.isfinite(r.psnr)]
@@ -272,7 +273,7 @@ def test_a_named_preset_is_used_as_named(quality_media: QualityMedia) -> None:
     assert {(s.preset, s.params) for s in named.settings.values()} == {("slow", "")}
     default = prepare(cfg, [quality_media.root])
     assert {(s.preset, s.params) for s in default.settings.values()} == {
-        (MATCHED_PRESET, MATCHED_X264_SPEED)}
+        (MATCHED_X264_PRESET, MATCHED_X264_SPEED)}
 
 
 def test_psnr_of_known_errors() -> None:
