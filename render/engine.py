@@ -234,8 +234,10 @@ def prepare_with(config: ExportConfig, sources: dict[int, SourceInfo], *,
                                 preset=preset)
         settings = {i: ts for i, p in enumerate(plan.pieces) if isinstance(p, EncodePiece)}
     else:
-        # The first cut's source, not the first segment's: keyframe mode may drop that.
-        matched = matched_settings(sources[plan.cuts[0].source], preset=preset)
+        # The first cut whose source's format the export keeps (plan.choose_out_format).
+        matched = matched_settings(next(sources[c.source] for c in plan.cuts
+                                        if sources[c.source].video.format == plan.out_format),
+                                   preset=preset)
         for i, p in enumerate(plan.pieces):
             if isinstance(p, EncodePiece):
                 src = sources[p.runs[0].source]

@@ -41,6 +41,8 @@ from .media import FrameIndex, IntArray, VideoFormat
 #: Editor times are floats from a playhead; a frame whose pts is within this of a cut time
 #: counts as at the cut, so 0.33333333333333331 still selects the frame at 1/3.
 TIME_EPSILON = Fraction(1, 1_000_000)
+#: How late a rounded container timestamp may place a frame (Matroska: half a millisecond).
+ROUNDING_SLACK = Fraction(1, 1000)
 #: How far past the probed end a segment may reach before it is an error (the editor rounds).
 END_TOLERANCE = Fraction(1, 2)
 #: Upper bound on a muxer timescale (32-bit signed in MP4 mdhd).
@@ -490,6 +492,39 @@ def _audio_spans(config: ExportConfig, cuts: Sequence[SegmentCut]) -> tuple[Audi
     )
 
 
+#: Codecs whose samples an export copies; a source in any other one is always re-encoded.
+COPYABLE_CODECS = frozenset({"h264", "hevc"})
+
+
+def choose_out_format(config: ExportConfig, sources: Sequence[PlannedSource],
+                      cuts: Sequence[SegmentCut]) -> VideoFormat:
+    """The format of the export's copied GOPs, which every other source is re-encoded to.
+
+    The first cut's source's, except: a source cutfarm cannot copy (another codec) never
+    sets it, and when the config names a canvas (``output.width``/``height``) the first
+    source shown the same way round (portrait or landscape) does, so that a phone clip
+    first in a landscape edit does not turn the whole export on its side.
+    """
+    copyable = [sources[c.source].format for c in cuts
+                if sources[c.source].format.codec in COPYABLE_CODECS]
+    if not copyable:
+        first = cuts[0].source
+        raise ConfigError(
+            f"no source of this export can be copied: sources[{first}] "
+            f"({config.sources[first].file_path}) is {sources[first].format.codec}, and "
+            "cutfarm copies H.264 and HEVC only. Set output.codec to \"h264\" or \"h265\" "
+            "(or output.format to \"webm\") to re-encode the whole export",
+            field="output.codec")
+    out = config.output
+    if out.width and out.height:
+        landscape = out.width >= out.height
+        for fmt in copyable:
+            width, height = fmt.display_size
+            if (width >= height) == landscape:
+                return fmt
+    return copyable[0]
+
+
 def _plan_copy(
     config: ExportConfig,
     sources: Sequence[PlannedSource],
@@ -498,7 +533,7 @@ def _plan_copy(
     max_piece_frames: int,
     max_piece_bytes: int | None,
 ) -> Plan:
-    out_format = sources[cuts[0].source].format
+    out_format = choose_out_format(config, sources, cuts)
     timescale = _timescale(sources[c.source].index.time_base.denominator for c in cuts)
     out_tb = Fraction(1, timescale)
     pieces: list[Piece] = []
@@ -605,7 +640,10 @@ def _plan_transcode(
         cut = cuts[k]
         index = sources[cut.source].index
         src_t = cut.src_start + (t - cut.out_start)
-        ticks = math.floor(src_t / index.time_base)
+        # A container that rounds timestamps (Matroska's milliseconds) may stamp a frame up
+        # to half a tick after the moment it shows: allow that, up to a millisecond (a
+        # clock as coarse as the frames themselves is exact, not rounded).
+        ticks = math.floor((src_t + min(index.time_base / 2, ROUNDING_SLACK)) / index.time_base)
         d = int(np.searchsorted(index.disp_pts, ticks, side="right")) - 1
         seg_of[n] = k
         src_disp[n] = min(max(d, cut.first), cut.stop - 1)

@@ -148,8 +148,8 @@ VFR_DURATIONS: tuple[Fraction, ...] = (Fraction(1, 30), Fraction(1, 24), Fractio
 VFR_TIME_BASE = Fraction(1, 90000)
 
 _CONTAINER_FORMATS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska"}
-_VIDEO_ENCODERS = {"h264": "libx264", "hevc": "libx265"}
-_AUDIO_ENCODERS = {"aac": "aac", "opus": "libopus"}
+_VIDEO_ENCODERS = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9"}
+_AUDIO_ENCODERS = {"aac": "aac", "opus": "libopus", "pcm": "pcm_s16le"}
 _PIX_FMTS = ("yuv420p", "yuv420p10le")
 _FRAG_MOVFLAGS = "frag_keyframe+delay_moov+default_base_moof"
 _LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
@@ -217,6 +217,10 @@ class CameraSpec:
             raise ValueError("fps and seconds must be positive")
         if self.audio_codec not in _AUDIO_ENCODERS:
             raise ValueError(f"audio_codec must be one of {sorted(_AUDIO_ENCODERS)}")
+        if self.codec == "vp9" and self.bframes:
+            raise ValueError("vp9 has no B-frames: bframes must be 0")
+        if self.audio_codec == "pcm" and self.container == "mp4":
+            raise ValueError("pcm audio needs container mov or mkv")
         if self.audio_codec == "opus" and self.sample_rate != 48000:
             raise ValueError("opus needs sample_rate 48000")
         if self.audio_channels not in _LAYOUTS:
@@ -513,6 +517,9 @@ def nominal_frame_times(spec: CameraSpec) -> tuple[list[Fraction], Fraction]:
 
 def _encoder_options(spec: CameraSpec) -> dict[str, str]:
     og = 1 if spec.open_gop else 0
+    if spec.codec == "vp9":  # a codec cutfarm never copies: sources it always converts
+        return {"crf": str(spec.crf), "b": "0", "g": str(spec.gop), "deadline": "realtime",
+                "cpu-used": "8"}
     if spec.codec == "h264":
         params = (
             f"keyint={spec.gop}:min-keyint={spec.gop}:scenecut=0:"

@@ -56,6 +56,11 @@ CAMERAS: dict[str, mg.CameraSpec] = {
     "phone_flipped.mp4": mg.CameraSpec(camera=3, seconds=4, rotation=90),
     # H.264 open GOP: one IDR, then I-frames with recovery points (no copy may start there).
     "open_gop.mp4": mg.CameraSpec(camera=4, seconds=4, open_gop=True, gop=30),
+    # Sound as uncompressed PCM (QuickTime, as recorders write it), and a picture in a
+    # codec cutfarm never copies (VP9, as screen recorders and browsers write it).
+    "pcm.mov": mg.CameraSpec(camera=5, seconds=4, container="mov", audio_codec="pcm"),
+    "vp9.mkv": mg.CameraSpec(camera=6, seconds=4, codec="vp9", container="mkv", bframes=0,
+                             audio_codec="opus"),
 }
 
 
@@ -261,6 +266,62 @@ def test_a_re_encoded_output_is_upright_at_the_shown_size(
     video = mg.decode_video(out)
     assert (video.width, video.height) == (180, 320)
     assert video.stamps == expect(media, segments).stamps
+
+
+@pytest.mark.parametrize(("order", "canvas", "out_rotation"), [
+    (["phone.mp4", "plain.mp4"], (320, 180), 0),
+    (["plain.mp4", "phone.mp4"], (180, 320), 270),
+])
+def test_the_canvas_chooses_which_way_round_the_export_is(
+    cameras: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path,
+    order: list[str], canvas: tuple[int, int], out_rotation: int,
+) -> None:
+    """A copy export keeps the format of the first source shown the canvas's way round
+    (the config's output.width/height); the others are re-encoded upright to it."""
+    root, media = cameras
+    segments = [(order[0], 0.5, 1.5), (order[1], 1.5, 2.9), (order[0], 2.9, 3.6)]
+    prep, out = export(root, segments, tmp_path, width=canvas[0], height=canvas[1])
+    assert _rotation(out) == out_rotation
+    assert prep.plan.copy_bytes > 0
+    check_export(out, expect(media, segments))
+    assert [w.split(" ")[1] for w in prep.warnings] == [
+        f"({n})" for n in sorted(set(order)) if media[n].spec.rotation % 360 != out_rotation]
+
+
+def test_pcm_sound_and_a_picture_never_copied(
+    cameras: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path,
+) -> None:
+    """PCM is heard click for click; a VP9 source first sets nothing: the export keeps the
+    first H.264 source's format and converts the VP9 frames to it."""
+    root, media = cameras
+    segments = [("vp9.mkv", 0.4, 1.3), ("pcm.mov", 1.3, 2.6), ("plain.mp4", 2.6, 3.4),
+                ("vp9.mkv", 3.4, 3.9)]
+    prep, out = export(root, segments, tmp_path)
+    assert prep.plan.out_format == prep.sources[1].video.format  # pcm.mov's H.264
+    assert prep.plan.copy_bytes > 0
+    check_export(out, expect(media, segments))
+
+
+def test_an_export_with_nothing_to_copy_says_how_to_re_encode(
+    cameras: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path,
+) -> None:
+    root, media = cameras
+    with pytest.raises(ConfigError, match=r"vp9\.mkv\) is vp9.*output\.codec") as err:
+        export(root, [("vp9.mkv", 0.5, 2.0)], tmp_path)
+    assert err.value.field == "output.codec"
+    _, out = export(root, [("vp9.mkv", 0.5, 2.0)], tmp_path, codec="h264")
+    assert mg.decode_video(out).stamps == expect(media, [("vp9.mkv", 0.5, 2.0)]).stamps
+
+
+def test_an_hevc_re_encode_conforms(
+    cameras: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path,
+) -> None:
+    """Every output codec of an MP4 gets the sample-entry check (``export`` runs it)."""
+    root, media = cameras
+    segments = [("plain.mp4", 0.5, 1.9), ("obs_opus.mkv", 1.9, 3.0)]
+    prep, out = export(root, segments, tmp_path, codec="h265")
+    assert prep.plan.out_format.codec == "hevc"
+    assert mg.decode_video(out).stamps == expect(media, segments).stamps
 
 
 def test_a_segment_wholly_before_the_picture_says_where_it_starts(

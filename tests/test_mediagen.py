@@ -434,7 +434,9 @@ def test_encoder_settings_change_sps_pps(media_dir: Path) -> None:
 def test_spec_validation() -> None:
     for bad in (
         {"camera": 16},
-        {"camera": 0, "codec": "vp9"},
+        {"camera": 0, "codec": "av1"},
+        {"camera": 0, "codec": "vp9", "bframes": 2},
+        {"camera": 0, "audio_codec": "pcm"},  # MP4 cannot carry it: MOV or MKV
         {"camera": 0, "width": 321},
         {"camera": 0, "pix_fmt": "yuv444p"},
         {"camera": 0, "container": "mkv", "fragmented": True},
