@@ -48,7 +48,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .nal import H264_IDR, H264_PPS, H264_SLICE, H264_SPS, NalError
-from .paramsets import AvcPps, AvcSps, BitReader, escape, parse_avc_pps, parse_avc_sps, unescape
+from .paramsets import (
+    AvcPps,
+    AvcSps,
+    BitReader,
+    escape,
+    parse_avc_pps,
+    parse_avc_sps,
+    skip_avc_pred_weight_table,
+    unescape,
+)
 
 __all__ = ["NalHead", "Picture", "SliceHeader", "Unmodelled", "nal_heads", "needed",
            "parse_picture", "picture_maps", "stand_in"]
@@ -102,20 +111,6 @@ def _modifications(r: BitReader) -> tuple[tuple[int, int], ...]:
             raise Unmodelled(f"list modification {idc} (long-term or multiview reference)")
         ops.append((idc, r.ue()))
     return tuple(ops)
-
-
-def _skip_weights(r: BitReader, chroma: int, counts: Sequence[int]) -> None:
-    r.ue()
-    if chroma:
-        r.ue()
-    for count in counts:
-        for _ in range(count):
-            if r.flag():
-                r.se()
-                r.se()
-            if chroma and r.flag():
-                for _ in range(4):
-                    r.se()
 
 
 def _sets(pps_id: int, sps_by_id: Mapping[int, AvcSps], pps_by_id: Mapping[int, AvcPps]
@@ -188,7 +183,7 @@ def parse_slice(nal: bytes, sps_by_id: Mapping[int, AvcSps], pps_by_id: Mapping[
         mods = (m0, _modifications(r) if slice_type == 1 else ())
     if (pps.weighted_pred and slice_type == 0) or (pps.weighted_bipred_idc == 1
                                                     and slice_type == 1):
-        _skip_weights(r, sps.chroma_array_type, (l0, l1) if slice_type == 1 else (l0,))
+        skip_avc_pred_weight_table(r, sps.chroma_array_type, (l0, l1) if slice_type == 1 else (l0,))
     unmark = _marking(r, idr) if ref_idc else None
     cabac_init_idc = r.ue() if pps.entropy_coding_mode and slice_type != 2 else 0
     if cabac_init_idc > 2:

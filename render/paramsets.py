@@ -66,6 +66,7 @@ __all__ = [
     "parse_set",
     "renumber",
     "rewrite_slice",
+    "skip_avc_pred_weight_table",
     "slice_pps_id",
     "unescape",
 ]
@@ -817,7 +818,7 @@ def _avc_header_end(r: BitReader, slice_type: int, kind: int, ref_idc: int, sps:
         if st == 1:
             _avc_list_modification(r)
     if (pps.weighted_pred and st in (0, 3)) or (pps.weighted_bipred_idc == 1 and st == 1):
-        _avc_pred_weight_table(r, sps.chroma_array_type, refs if st == 1 else refs[:1])
+        skip_avc_pred_weight_table(r, sps.chroma_array_type, refs if st == 1 else refs[:1])
     if ref_idc:
         _avc_ref_pic_marking(r, kind == 5)
     if pps.entropy_coding_mode and st not in (2, 4):
@@ -876,7 +877,7 @@ def _avc_list_modification(r: BitReader) -> None:
         r.ue()
 
 
-def _avc_pred_weight_table(r: BitReader, chroma: int, refs: Sequence[int]) -> None:
+def skip_avc_pred_weight_table(r: BitReader, chroma: int, refs: Sequence[int]) -> None:
     r.ue()
     if chroma:
         r.ue()
