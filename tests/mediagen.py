@@ -182,6 +182,9 @@ class CameraSpec:
     x264_params: str | None = None
     container: str = "mp4"
     fragmented: bool = False
+    #: OBS's hybrid MP4: written fragmented while recording, made regular when it stops
+    #: (FFmpeg's ``hybrid_fragmented``).
+    hybrid: bool = False
     crf: int = 23
     preset: str = "veryfast"
     audio_codec: str = "aac"
@@ -209,23 +212,26 @@ class CameraSpec:
             raise ValueError(f"pix_fmt must be one of {_PIX_FMTS}")
         if self.container not in _CONTAINER_FORMATS:
             raise ValueError(f"container must be one of {sorted(_CONTAINER_FORMATS)}")
-        if self.fragmented and self.container == "mkv":
+        if (self.fragmented or self.hybrid) and self.container == "mkv":
             raise ValueError("fragmented is only supported for mp4/mov")
         if self.gop < 1 or self.bframes < 0 or (self.gop == 1 and self.bframes):
             raise ValueError("need gop >= 1, bframes >= 0 (and bframes == 0 if gop == 1)")
         if self.fps <= 0 or self.seconds <= 0:
             raise ValueError("fps and seconds must be positive")
-        if self.audio_codec not in _AUDIO_ENCODERS:
-            raise ValueError(f"audio_codec must be one of {sorted(_AUDIO_ENCODERS)}")
         if self.codec == "vp9" and self.bframes:
             raise ValueError("vp9 has no B-frames: bframes must be 0")
+        self._check_audio()
+        self._check_layout()
+
+    def _check_audio(self) -> None:
+        if self.audio_codec not in _AUDIO_ENCODERS:
+            raise ValueError(f"audio_codec must be one of {sorted(_AUDIO_ENCODERS)}")
         if self.audio_codec == "pcm" and self.container == "mp4":
             raise ValueError("pcm audio needs container mov or mkv")
         if self.audio_codec == "opus" and self.sample_rate != 48000:
             raise ValueError("opus needs sample_rate 48000")
         if self.audio_channels not in _LAYOUTS:
             raise ValueError(f"audio_channels must be one of {sorted(_LAYOUTS)}")
-        self._check_layout()
 
     def _check_layout(self) -> None:
         if self.video_start < 0 or (self.video_start * self.fps).denominator != 1:
@@ -597,7 +603,8 @@ def make_camera(path: Path, spec: CameraSpec) -> GeneratedMedia:
     path = Path(path)
     times, end = nominal_frame_times(spec)
     video_tb = VFR_TIME_BASE if spec.vfr else 1 / Fraction(spec.fps)
-    options = {"movflags": _FRAG_MOVFLAGS} if spec.fragmented else {}
+    options = ({"movflags": _FRAG_MOVFLAGS} if spec.fragmented
+               else {"movflags": "hybrid_fragmented"} if spec.hybrid else {})
     if not spec.edit_list:
         options["use_editlist"] = "0"
     fmt = _CONTAINER_FORMATS[spec.container]

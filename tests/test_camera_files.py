@@ -51,6 +51,9 @@ CAMERAS: dict[str, mg.CameraSpec] = {
     "obs_opus.mkv": mg.CameraSpec(camera=10, seconds=4, container="mkv", audio_codec="opus",
                                   codec="hevc"),
     "obs_frag.mp4": mg.CameraSpec(camera=11, seconds=4, fragmented=True),
+    # OBS's hybrid MP4 once the recording stopped (FFmpeg's finalisation writes no edit
+    # list: the first frame shows at its B-frame delay).
+    "obs_hybrid.mp4": mg.CameraSpec(camera=8, seconds=4, hybrid=True, edit_list=False),
     # A phone held upright: landscape pixels and a display matrix (iPhones write -90).
     "phone.mp4": mg.CameraSpec(camera=2, seconds=4, rotation=270),
     "phone_flipped.mp4": mg.CameraSpec(camera=3, seconds=4, rotation=90),
@@ -205,7 +208,7 @@ def test_re_encoded_outputs_follow_the_files_clock(
     assert video.stamps == expect(media, segments).stamps
 
 
-@pytest.mark.parametrize("name", ["obs.mkv", "obs_opus.mkv", "obs_frag.mp4"])
+@pytest.mark.parametrize("name", ["obs.mkv", "obs_opus.mkv", "obs_frag.mp4", "obs_hybrid.mp4"])
 def test_obs_recordings_are_cut_frame_exactly(
     cameras: tuple[Path, dict[str, mg.GeneratedMedia]], tmp_path: Path, name: str,
 ) -> None:
