@@ -216,9 +216,11 @@ def nal_heads(chunk: bytes, length_size: int, start: int, size: int
         if pos + length_size > len(chunk):
             return units, start + pos
         n = int.from_bytes(chunk[pos:pos + length_size], "big")
-        pos += length_size
-        if n == 0 or start + pos + n > size:
+        if n == 0 or start + pos + length_size + n > size:
             raise NalError("NAL unit lengths do not add up to the sample")
+        if pos + length_size == len(chunk):
+            return units, start + pos  # nothing of the unit read: read on from its length
+        pos += length_size
         unit = chunk[pos:pos + n]
         units.append((unit, len(unit) == n))
         pos += n
@@ -234,8 +236,8 @@ def parse_picture(units: Sequence[NalHead], reached_all: bool, sps_by_id: dict[i
     sample is in ``units``. A slice cut short counts when its header is all there."""
     headers: list[SliceHeader] = []
     first: tuple[SliceHeader, AvcSps, AvcPps] | None = None
-    for unit, whole in units:
-        kind = unit[0] & 0x1F if unit else 0
+    for unit, whole in units:  # never empty: nal_heads reads on before giving one
+        kind = unit[0] & 0x1F
         if kind in (H264_SPS, H264_PPS):
             if not whole:
                 raise Unmodelled("parameter set cut short")
@@ -375,8 +377,8 @@ def _check_frame_num(state: _State, h: SliceHeader, sps: AvcSps) -> None:
     prev = state.prev_ref_frame_num
     if h.idr or prev is None:
         return
-    expected = {prev, (prev + 1) % (1 << sps.log2_max_frame_num)}
-    if h.frame_num not in expected:
+    # Frames only: equal to the previous reference's is not allowed either (7.4.3).
+    if h.frame_num != (prev + 1) % (1 << sps.log2_max_frame_num):
         raise Unmodelled("a gap in frame_num")
 
 
@@ -537,9 +539,9 @@ def stand_in(sample: bytes, length_size: int, picture: Picture) -> bytes:
 
 
 def _skipped_slice(unit: bytes, h: SliceHeader, sps: AvcSps, pps: AvcPps) -> bytes:
-    rbsp = unescape(unit[1:])
+    head = unescape(unit[1:])[:(h.end + 7) // 8]
     w = _BitWriter()
-    w.put(int.from_bytes(rbsp, "big") >> (8 * len(rbsp) - h.end), h.end)
+    w.put(int.from_bytes(head, "big") >> (8 * len(head) - h.end), h.end)
     mbs = sps.width_in_mbs * sps.height_in_map_units
     if not pps.entropy_coding_mode:
         _ue(w, mbs)  # mb_skip_run

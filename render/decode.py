@@ -82,7 +82,7 @@ def decode_run(src: SourceInfo, run: EncodeRun, *,
     # reference pictures nothing decoded uses are decoded as cheap stand-ins.
     first_wanted = int(wanted.min()) if len(wanted) else 0
     codec, length_size = src.video.format.codec, src.video.nal_length_size
-    dropped, stand_ins = unused_references(src, run, first_wanted)
+    stand_ins = unused_references(src, run, first_wanted)
     ctx = open_decoder(src, current, threads)
     try:
         with contextlib.closing(source_samples(src, range(run.decode_from, run.decode_to))
@@ -90,8 +90,8 @@ def decode_run(src: SourceInfo, run: EncodeRun, *,
             for dec, data in zip(range(run.decode_from, run.decode_to), samples, strict=True):
                 if tee is not None:
                     tee(dec, data)
-                if dec in dropped or (int(index.disp_of_dec[dec]) < first_wanted
-                                      and disposable(codec, data, length_size)):
+                if (int(index.disp_of_dec[dec]) < first_wanted
+                        and disposable(codec, data, length_size)):
                     continue
                 picture = stand_ins.get(dec)
                 packet = av.Packet(data if picture is None else _stand_in(data, length_size,
@@ -124,38 +124,33 @@ def decode_run(src: SourceInfo, run: EncodeRun, *,
 
 
 def unused_references(src: SourceInfo, run: EncodeRun, first_wanted: int
-                      ) -> tuple[frozenset[int], dict[int, avcrefs.Picture]]:
-    """Decode numbers before the first wanted frame that need no decoding: pictures to
-    leave out, and reference pictures to decode as stand-ins (render/avcrefs.py). Nothing
-    when the stream uses what that model leaves out."""
+                      ) -> dict[int, avcrefs.Picture]:
+    """Reference pictures before the first wanted frame that nothing decoded uses, by
+    decode number: they go to the decoder as stand-ins (render/avcrefs.py). Nothing when
+    the stream uses what that model leaves out. (Non-reference pictures before it are left
+    out by :func:`render.nal.disposable`, which keeps any that carries a parameter set.)"""
     if src.video.format.codec != "h264":
-        return frozenset(), {}
+        return {}
     disp = src.video.index.disp_of_dec
     frontier = next((d for d in range(run.decode_from, run.decode_to)
                      if int(disp[d]) >= first_wanted), run.decode_to)
     if frontier == run.decode_from:
-        return frozenset(), {}
+        return {}
     end = min(run.decode_to, frontier + LOOKAHEAD)
     record = src.video.record_of(run.decode_from)
     if any(src.video.record_of(d) != record for d in range(run.decode_from, end)):
-        return frozenset(), {}
+        return {}
     try:
         sps, pps = avcrefs.picture_maps(parse_avcc(record).parameter_sets)
         pictures = [avcrefs.parse_picture(units, reached_all, sps, pps)
                     for units, reached_all in _nal_heads(src, range(run.decode_from, end))]
         need = avcrefs.needed(pictures, frontier - run.decode_from, end == run.decode_to)
-    except (avcrefs.Unmodelled, NalError):
-        return frozenset(), {}
-    dropped: set[int] = set()
-    stand_ins: dict[int, avcrefs.Picture] = {}
-    for i, picture in enumerate(pictures[:frontier - run.decode_from]):
-        if i in need or picture is None:
-            continue
-        if not picture.header.ref_idc:
-            dropped.add(run.decode_from + i)
-        elif picture.header.slice_type != 2:
-            stand_ins[run.decode_from + i] = picture
-    return frozenset(dropped), stand_ins
+    except (avcrefs.Unmodelled, NalError, CorruptMediaError):
+        return {}  # a damaged sample is reported where the decoder would need it
+    return {run.decode_from + i: picture
+            for i, picture in enumerate(pictures[:frontier - run.decode_from])
+            if i not in need and picture is not None and picture.header.ref_idc
+            and picture.header.slice_type != 2}
 
 
 def _nal_heads(src: SourceInfo, decs: range) -> list[tuple[list[avcrefs.NalHead], bool]]:

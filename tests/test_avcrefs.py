@@ -23,7 +23,7 @@ import pytest
 from render import avcrefs
 from render.decode import decode_run, unused_references
 from render.media import SourceInfo
-from render.nal import parse_avcc
+from render.nal import NalError, parse_avcc
 from render.paramsets import AvcPps, AvcSps
 from render.plan import EncodeRun
 from render.probe import probe
@@ -77,10 +77,10 @@ def test_wanted_frames_decode_exactly_with_stand_ins(cameras: dict[str, Path], n
     for first in range(1, GOP):
         wanted = np.arange(first, GOP, dtype=np.int64)
         run = EncodeRun(0, wanted, 0, gop_end)
-        dropped, stand_ins = unused_references(src, run, first)
+        stand_ins = unused_references(src, run, first)
         used += len(stand_ins)
         # Never a picture that is wanted, or shown at or after the first wanted one.
-        assert all(int(index.disp_of_dec[d]) < first for d in (*dropped, *stand_ins))
+        assert all(int(index.disp_of_dec[d]) < first for d in stand_ins)
         # Frame threads too: a stand-in waits for its references like any picture.
         got = list(decode_run(src, run, threads=2 if first % 2 else 1))
         assert [j for j, _ in got] == list(range(len(wanted)))
@@ -227,3 +227,23 @@ def test_sliding_window_and_mmco_drop_pictures_from_the_lists() -> None:
 def test_a_gap_in_frame_num_is_not_modelled() -> None:
     with pytest.raises(avcrefs.Unmodelled, match="gap"):
         avcrefs.needed([_pic("I", 0, 0), _pic("P", 2, 4)], 1, True)
+
+
+def test_nal_heads_read_on_where_a_chunk_ends() -> None:
+    """A unit whose length field ends a chunk is read on from that field, never skipped
+    unread; one cut short is given cut short, and reading resumes after it."""
+    units = [bytes([0x06]) + b"\x05" * 9, bytes([0x41]) + b"\x9a" * 29, bytes([0x01]) + b"\x88" * 5]
+    sample = b"".join(len(u).to_bytes(4, "big") + u for u in units)
+    heads, more = avcrefs.nal_heads(sample[:14 + 4], 4, 0, len(sample))
+    assert heads == [(units[0], True)] and more == 14
+    heads, more = avcrefs.nal_heads(sample[14:14 + 10], 4, 14, len(sample))
+    assert heads == [(units[1][:6], False)] and more == 48
+    heads, more = avcrefs.nal_heads(sample[48:], 4, 48, len(sample))
+    assert heads == [(units[2], True)] and more is None
+    with pytest.raises(NalError):
+        avcrefs.nal_heads(sample[:-1] + b"", 4, 0, len(sample) - 1)
+
+
+def test_a_reference_frame_repeating_frame_num_is_not_modelled() -> None:
+    with pytest.raises(avcrefs.Unmodelled, match="gap"):
+        avcrefs.needed([_pic("I", 0, 0), _pic("P", 1, 2), _pic("P", 1, 4)], 2, True)
