@@ -7,7 +7,8 @@ that might land elsewhere, and every decoded frame maps back to its display inde
 Before the first wanted frame, only what the wanted frames depend on is decoded for real:
 non-reference pictures are left out, and H.264 reference pictures that nothing decoded
 uses go to the decoder as stand-ins, all of whose macroblocks are skipped (a few small
-reads of slice headers decide which; render/avcrefs.py says why this is exact).
+reads of slice headers decide which, for files on a disk; render/avcrefs.py says why this
+is exact).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .media import SourceInfo
 from .nal import NalError, disposable, parse_avcc
 from .plan import EncodeRun
 from .sidedata import new_extradata
-from .sourcefile import read_samples
+from .sourcefile import LocalFile, read_samples
 
 #: Pictures read ahead past the first wanted one when deciding which earlier reference
 #: pictures anything decoded will use (render/avcrefs.py); their headers only.
@@ -129,7 +130,10 @@ def unused_references(src: SourceInfo, run: EncodeRun, first_wanted: int
     decode number: they go to the decoder as stand-ins (render/avcrefs.py). Nothing when
     the stream uses what that model leaves out. (Non-reference pictures before it are left
     out by :func:`render.nal.disposable`, which keeps any that carries a parameter set.)"""
-    if src.video.format.codec != "h264":
+    # On a disk the header reads are a few page-cache hits; from a bucket they would be a
+    # GET per sample on top of the decode's own coalesced ones (objects: bytes and GETs
+    # first, the CPU second).
+    if src.video.format.codec != "h264" or not isinstance(src.file, LocalFile):
         return {}
     disp = src.video.index.disp_of_dec
     frontier = next((d for d in range(run.decode_from, run.decode_to)
