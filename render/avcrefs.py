@@ -60,7 +60,7 @@ from .paramsets import (
 )
 
 __all__ = ["NalHead", "Picture", "SliceHeader", "Unmodelled", "nal_heads", "needed",
-           "parse_picture", "picture_maps", "stand_in"]
+           "parse_picture", "parse_slice", "picture_maps", "stand_in"]
 
 
 class Unmodelled(ValueError):
@@ -93,8 +93,9 @@ class SliceHeader:
 
 @dataclass(frozen=True)
 class Picture:
-    """A sample's pictures as far as references go: its first slice's header, and the
-    headers of every slice when all of them could be read."""
+    """A sample's picture as far as references go: its first slice's header, and the
+    headers of every slice when all of them could be read (None: any may have other
+    lists, so the picture may use anything in the DPB)."""
 
     header: SliceHeader
     slices: tuple[SliceHeader, ...] | None
