@@ -116,7 +116,7 @@ TRANSCODE_PRESET = "fast"
 #: Matched H.264 re-encodes (unless a preset is named): "ultrafast" with subpel refinement
 #: 1, at CRF 7. Near-lossless frames are mostly residual: CAVLC instead of CABAC (CABAC
 #: coding that many bits was a third of x264's time), no partition or rate lookahead
-#: analysis, no deblocking (at CRF 7 it smooths nothing). Single-threaded x264 on frames of
+#: analysis, no deblocking. Single-threaded x264 on frames of
 #: the 4K bench, against "veryfast" with CAVLC, diamond search and subme 1 at CRF 8 (the
 #: previous choice): 0.109 -> 0.083 CPU-s a frame, PSNR min 50.2 -> 52.6 dB, 415 -> 552
 #: Mbit/s; on 720p detailed, noisy footage (tests/test_quality.py's kind) 15.4 -> 9.3 ms,
