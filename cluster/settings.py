@@ -149,9 +149,9 @@ class Settings(BaseSettings):
     #: Let callback URLs point at loopback/private/link-local addresses (off: SSRF guard).
     webhook_allow_private: bool = Field(
         False, validation_alias=AliasChoices("CUTFARM_WEBHOOK_ALLOW_PRIVATE"))
-    #: x264/x265 preset of every re-encode, used as named; None: the engine's (veryfast,
-    #: for H.264 with its speed parameters, around cuts; fast for full re-encodes;
-    #: render/encode.py).
+    #: x264/x265 preset of every re-encode, used as named; None: the engine's (around cuts
+    #: x264 ultrafast with its speed parameters and x265 veryfast; fast for full
+    #: re-encodes; render/encode.py).
     preset: str | None = Field(None, validation_alias=AliasChoices("CUTFARM_PRESET"))
     #: Free disk kept in reserve beyond a job's estimated output size.
     disk_headroom_bytes: int = Field(

@@ -56,6 +56,7 @@ from .paramsets import (
     parse_avc_pps,
     parse_avc_sps,
     skip_avc_pred_weight_table,
+    ue_code,
     unescape,
 )
 
@@ -515,11 +516,6 @@ class _Cabac:
         self.out.put(((self.low >> 7) & 3) | 1, 2)  # its last bit is rbsp_stop_one_bit
 
 
-def _ue(out: _BitWriter, value: int) -> None:
-    code = value + 1
-    out.put(code, 2 * code.bit_length() - 1)
-
-
 def stand_in(sample: bytes, length_size: int, picture: Picture) -> bytes:
     """``sample`` with its slices replaced by one slice (the first one's header) in which
     every macroblock is skipped; every other NAL unit (parameter sets, SEI) is kept."""
@@ -545,7 +541,7 @@ def _skipped_slice(unit: bytes, h: SliceHeader, sps: AvcSps, pps: AvcPps) -> byt
     w.put(int.from_bytes(head, "big") >> (8 * len(head) - h.end), h.end)
     mbs = sps.width_in_mbs * sps.height_in_map_units
     if not pps.entropy_coding_mode:
-        _ue(w, mbs)  # mb_skip_run
+        w.put(*ue_code(mbs))  # mb_skip_run
         w.put(1, 1)  # rbsp_stop_one_bit
         w.put(0, -w.width % 8)
         return unit[:1] + escape(w.value.to_bytes(w.width // 8, "big"))

@@ -30,7 +30,7 @@ import numpy.typing as npt
 from .decode import decode_run
 from .errors import OutputError
 from .handoff import handoff_path
-from .media import SourceInfo, VideoFormat
+from .media import NAL_CODECS, SourceInfo, VideoFormat
 from .piecefile import PieceHeader, PieceWriter
 from .piecejob import EncodeJob
 from .plan import ENCODER_MAX_BFRAMES
@@ -132,7 +132,7 @@ def matched_settings(src: SourceInfo, *, crf: int | None = None, preset: str | N
     """Settings whose output can sit between copied GOPs of ``src``."""
     v = src.video
     codec = v.format.codec
-    if codec not in ("h264", "hevc"):
+    if codec not in NAL_CODECS:
         raise OutputError(f"cannot re-encode to match {codec} sources")
     return EncoderSettings(
         codec=codec,

@@ -21,6 +21,12 @@ from .sourcefile import SourceFile
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
+#: The codecs cutfarm reads at the NAL level: their random-access points are verified from
+#: NAL headers (probe), their samples are copied with one sample description holding
+#: every parameter set (mux, bitstream), and a camera matching one is re-encoded to fit
+#: between its GOPs (encode). A source in any other codec is only ever decoded.
+NAL_CODECS = frozenset({"h264", "hevc"})
+
 #: Leading pictures sit right after their random-access point in decode order, a handful
 #: at most (HEVC caps reordering at 16); searching further only costs time.
 LEADING_WINDOW = 64

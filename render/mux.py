@@ -41,7 +41,7 @@ from .bitstream import (
 )
 from .decode import source_samples
 from .errors import OutputError
-from .media import SourceInfo
+from .media import NAL_CODECS, SourceInfo
 from .objectstore import MIN_PART_SIZE, MultipartWriter, ObjectRef
 from .objectstore.writer import DEFAULT_PART_SIZE
 from .piecefile import PacketChannel, read_header, read_packets
@@ -56,7 +56,6 @@ MOOV_BASE = 16384
 MAX_ENCODER_RECORD = 4096
 log = logging.getLogger("cutfarm.mux")
 _TAGS = {"h264": "avc1", "hevc": "hvc1"}
-NAL_CODECS = frozenset(_TAGS)
 
 
 @dataclass(frozen=True)

@@ -365,7 +365,6 @@ class AvcSps:
     frame_mbs_only: bool
     #: What a decoder's picture buffer and a whole-picture slice need (render/avcrefs.py).
     max_num_ref_frames: int = 0
-    gaps_in_frame_num_allowed: bool = False
     width_in_mbs: int = 0
     height_in_map_units: int = 0
 
@@ -424,12 +423,12 @@ def parse_avc_sps(nal: bytes) -> AvcSps:
         for _ in range(r.ue()):
             r.se()
     max_refs = r.ue()
-    gaps = r.flag()
+    r.u(1)  # gaps_in_frame_num_value_allowed_flag: any gap is refused by avcrefs anyway
     width, height = r.ue() + 1, r.ue() + 1
     frame_mbs_only = r.flag()
     return AvcSps(sps_id, profile, constraints, level, chroma, separate, depth_luma,
                   depth_chroma, log2_max_frame_num, poc_type, log2_max_poc_lsb, always_zero,
-                  frame_mbs_only, max_refs, gaps, width, height)
+                  frame_mbs_only, max_refs, width, height)
 
 
 def parse_avc_pps(nal: bytes) -> AvcPps:

@@ -36,7 +36,7 @@ import numpy as np
 
 from .config import Accuracy, ExportConfig, Segment
 from .errors import ConfigError, SegmentRangeError
-from .media import FrameIndex, IntArray, VideoFormat
+from .media import NAL_CODECS, FrameIndex, IntArray, VideoFormat
 
 #: Editor times are floats from a playhead; a frame whose pts is within this of a cut time
 #: counts as at the cut, so 0.33333333333333331 still selects the frame at 1/3.
@@ -492,10 +492,6 @@ def _audio_spans(config: ExportConfig, cuts: Sequence[SegmentCut]) -> tuple[Audi
     )
 
 
-#: Codecs whose samples an export copies; a source in any other one is always re-encoded.
-COPYABLE_CODECS = frozenset({"h264", "hevc"})
-
-
 def choose_out_format(config: ExportConfig, sources: Sequence[PlannedSource],
                       cuts: Sequence[SegmentCut]) -> VideoFormat:
     """The format of the export's copied GOPs, which every other source is re-encoded to.
@@ -506,7 +502,7 @@ def choose_out_format(config: ExportConfig, sources: Sequence[PlannedSource],
     first in a landscape edit does not turn the whole export on its side.
     """
     copyable = [sources[c.source].format for c in cuts
-                if sources[c.source].format.codec in COPYABLE_CODECS]
+                if sources[c.source].format.codec in NAL_CODECS]
     if not copyable:
         first = cuts[0].source
         raise ConfigError(

@@ -35,11 +35,16 @@ from .errors import (
     SourceNotFoundError,
     UnsupportedMediaError,
 )
-from .media import AudioTrackInfo, FrameIndex, SourceInfo, VideoFormat, VideoTrackInfo
+from .media import (
+    NAL_CODECS,
+    AudioTrackInfo,
+    FrameIndex,
+    SourceInfo,
+    VideoFormat,
+    VideoTrackInfo,
+)
 from .sourcefile import LocalFile, SourceFile, StoredFile, read_samples
 
-#: Codecs whose random-access points we can verify from NAL headers.
-NAL_CODECS = frozenset({"h264", "hevc"})
 _MP4_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2")
 
 

@@ -137,8 +137,7 @@ def test_a_p_stand_in_decodes_to_its_reference(cameras: dict[str, Path], name: s
 
 def test_the_model_refuses_what_it_does_not_know() -> None:
     """Long-term references and MMCOs other than 1 make the caller decode everything."""
-    sps = {0: AvcSps(0, 100, 0, 40, 1, False, 8, 8, 4, 0, 6, False, True, 4, False,
-                             20, 12)}
+    sps = {0: AvcSps(0, 100, 0, 40, 1, False, 8, 8, 4, 0, 6, False, True, 4, 20, 12)}
     pps = {0: AvcPps(0, 0, False, False, 1)}
 
     def slice_nal(bits: str) -> bytes:
@@ -155,7 +154,7 @@ def test_the_model_refuses_what_it_does_not_know() -> None:
 
 # --------------------------------------------------------------------------- the model alone
 
-_SPS = AvcSps(0, 100, 0, 40, 1, False, 8, 8, 4, 0, 6, False, True, 1, False, 20, 12)
+_SPS = AvcSps(0, 100, 0, 40, 1, False, 8, 8, 4, 0, 6, False, True, 1, 20, 12)
 _PPS = AvcPps(0, 0, True, False, 1)
 
 
@@ -175,7 +174,7 @@ def _pyramid(p_reorders: bool) -> list[avcrefs.Picture | None]:
     """I0 P3 B1r b2 P6 B4r b5 in decode order (x264, 2 B-frames, pyramid, one reference,
     two frames in the DPB). An x264 P-frame moves the previous P to the list's front, and
     unmarks the B-frame it passed by (MMCO 1), keeping the P-frame."""
-    sps = AvcSps(0, 100, 0, 40, 1, False, 8, 8, 4, 0, 6, False, True, 2, False, 20, 12)
+    sps = AvcSps(0, 100, 0, 40, 1, False, 8, 8, 4, 0, 6, False, True, 2, 20, 12)
     # P6 (frame_num 3): the previous P is frame_num 1, PicNum 3 - 2 = abs_diff_pic_num 2.
     p6_mods = ((0, 1),) if p_reorders else ()
     return [
@@ -218,7 +217,7 @@ def test_sliding_window_and_mmco_drop_pictures_from_the_lists() -> None:
     chain = [_pic("I", 0, 0), _pic("P", 1, 2), _pic("P", 2, 4), _pic("P", 3, 6)]
     assert avcrefs.needed(chain, 3, True) == {0, 1, 2, 3}
     # Four frames, but I2 unmarks P1 (PicNum 2 - 1) before P3 lists three references.
-    sps = AvcSps(0, 100, 0, 40, 1, False, 8, 8, 4, 0, 6, False, True, 4, False, 20, 12)
+    sps = AvcSps(0, 100, 0, 40, 1, False, 8, 8, 4, 0, 6, False, True, 4, 20, 12)
     pics = [_pic("I", 0, 0, sps=sps), _pic("P", 1, 2, sps=sps),
             _pic("I", 2, 4, unmark=(0,), sps=sps), _pic("P", 3, 6, active=3, sps=sps)]
     assert avcrefs.needed(pics, 3, True) == {0, 2, 3}
